@@ -1,0 +1,216 @@
+"""`SteerConfig`: every setting that changes what STEER generates, validated once, serialisable.
+
+The decoding rule (STEER, arXiv 2308.07645) per token, with log-probs ℓ:
+
+    paper form:  s = (1+γ)·ℓ_FT(c) − γ·ℓ_B(c) − η·ℓ_FT(N)
+    cfg form:    s = (1+γ+η)·ℓ_FT(c) − γ·ℓ_B(c) − η·ℓ_FT(N)      (HF `guidance_scale` = 1+η)
+
+Both are weighted sums of branch log-probs; `branch_weights` produces the weights and
+`steer_plugins.combine.combine` applies them. Presets (`SteerConfig.preset(name)`) only set fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "DEFAULT_GAMMA",
+    "DEFAULT_ETA",
+    "DEFAULT_NUM_NEGATIVES",
+    "DEFAULT_TOP_K",
+    "DEFAULT_MAX_NEW_TOKENS",
+    "DEFAULT_NEGATIVE_MAX_TOKENS",
+    "SteerConfig",
+    "BranchWeights",
+    "register_preset",
+    "PRESETS",
+]
+
+DEFAULT_GAMMA = 0.2
+DEFAULT_ETA = 0.6
+DEFAULT_NUM_NEGATIVES = 10
+DEFAULT_TOP_K = 10
+DEFAULT_MAX_NEW_TOKENS = 100
+DEFAULT_NEGATIVE_MAX_TOKENS = 512
+
+
+class BranchWeights(BaseModel):
+    """Weights wᵢ of the three branch kinds in s = Σ wᵢ·ℓᵢ (negative weight is split over K rows
+    when `negative_form="per_example"`)."""
+
+    model_config = ConfigDict(frozen=True)
+    expert: float
+    base: float
+    negative: float
+
+
+class SteerConfig(BaseModel):
+    """Settings of one STEER generation. Any field can be overridden per call.
+
+    Example:
+        >>> cfg = SteerConfig(gamma=0.2, eta=0.6, max_new_tokens=40, stop=["?"])
+        >>> cfg.branch_weights()
+        BranchWeights(expert=1.2, base=-0.2, negative=-0.6)
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    gamma: float = Field(DEFAULT_GAMMA, description="γ, contrastive expert guidance (expert vs base). >= 0.")
+    eta: float = Field(DEFAULT_ETA, description="η, negative prompting weight. >= 0.")
+    num_negatives: int = Field(DEFAULT_NUM_NEGATIVES, description="K, negatives drawn per generated example.")
+    negative_form: Literal["concat", "per_example"] = Field(
+        "concat",
+        description="'concat': the paper's one context of K examples joined by spaces; "
+        "'per_example': one branch per negative, log-probs averaged.",
+    )
+    form: Literal["paper", "cfg"] = Field("paper", description="Combination form (see module docstring).")
+    alpha: float | None = Field(
+        None,
+        description="Plausibility head mask: keep tokens with p_FT >= alpha * max p_FT (Li et al. 2022). "
+        "None = off (the paper).",
+    )
+    temperature: float = Field(1.0, description="Sampling temperature; 0 = greedy.")
+    top_k: int | None = Field(DEFAULT_TOP_K, description="Keep the k best tokens; None = off.")
+    top_p: float | None = Field(None, description="Nucleus filter; None = off.")
+    min_p: float | None = Field(None, description="Drop tokens below min_p * max prob; None = off.")
+    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, description="Tokens to generate at most.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings; the text is cut before them.")
+    stop_token_ids: list[int] = Field(default_factory=list, description="Extra stop token ids (EOS is implied).")
+    seed: int | None = Field(None, description="Seed for sampling and negative draws; None = fresh entropy.")
+    negative_max_tokens: int | None = Field(
+        DEFAULT_NEGATIVE_MAX_TOKENS,
+        description="Token budget of one negative context; whole examples are dropped to fit. None = "
+        "only the model's context window bounds it.",
+    )
+    negative_separator: str = Field(" ", description="Joins negatives into one context (paper: a space).")
+
+    # ---- validation: every message names the field, the value and the fix ----
+    @field_validator("gamma", "eta")
+    @classmethod
+    def _finite_non_negative(cls, v: float, info) -> float:
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(
+                f"`{info.field_name}` must be a finite number >= 0, got {v!r}; the paper sweeps 0.0-1.0 "
+                f"(defaults gamma={DEFAULT_GAMMA}, eta={DEFAULT_ETA})"
+            )
+        return v
+
+    @field_validator("num_negatives", "max_new_tokens")
+    @classmethod
+    def _positive_int(cls, v: int, info) -> int:
+        if v < 1:
+            hint = "set eta=0 to switch negatives off" if info.field_name == "num_negatives" else "ask for >= 1"
+            raise ValueError(f"`{info.field_name}` must be >= 1, got {v}; {hint}")
+        return v
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, v: int | None) -> int | None:
+        if v is not None and v <= 0:
+            raise ValueError(f"`top_k` must be a positive integer or None (off), got {v}; the paper uses 10")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: float) -> float:
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"`temperature` must be finite and >= 0 (0 = greedy), got {v!r}")
+        return v
+
+    @field_validator("top_p", "alpha")
+    @classmethod
+    def _unit_interval(cls, v: float | None, info) -> float | None:
+        if v is not None and not (0 < v <= 1):
+            raise ValueError(f"`{info.field_name}` must be in (0, 1] or None (off), got {v!r}")
+        return v
+
+    @field_validator("min_p")
+    @classmethod
+    def _min_p(cls, v: float | None) -> float | None:
+        if v is not None and not (0 <= v < 1):
+            raise ValueError(f"`min_p` must be in [0, 1) or None (off), got {v!r}")
+        return v
+
+    @field_validator("negative_max_tokens")
+    @classmethod
+    def _budget(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"`negative_max_tokens` must be >= 1 or None, got {v}; set eta=0 to drop negatives")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: list[str]) -> list[str]:
+        if any(not isinstance(s, str) or s == "" for s in v):
+            raise ValueError(f"`stop` must be a list of non-empty strings, got {v!r}")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stop_as_str(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("stop"), str):
+            data = {**data, "stop": [data["stop"]]}
+        return data
+
+    # ---- derived values ----
+    def branch_weights(self) -> BranchWeights:
+        """The weights of the expert, base and negative branches for this config's `form`."""
+        return _FORMS[self.form](self.gamma, self.eta)
+
+    def merged(self, **overrides: Any) -> SteerConfig:
+        """A validated copy with `overrides` applied; unknown names raise a `ValueError` naming them."""
+        unknown = sorted(set(overrides) - set(type(self).model_fields))
+        if unknown:
+            raise ValueError(
+                f"unknown SteerConfig field(s) {unknown}; valid fields: {sorted(type(self).model_fields)}"
+            )
+        if not overrides:
+            return self
+        return type(self).model_validate({**self.model_dump(), **overrides})
+
+    def fingerprint(self) -> str:
+        """A short stable hash of every field (for cache keys and model strings)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> SteerConfig:
+        """A config from a named preset (`steer`, `cfg`, `contrastive`, `expert`, or a registered one)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)} (or register_preset)")
+        return cls.model_validate({**PRESETS[name], **overrides})
+
+
+def _paper(gamma: float, eta: float) -> BranchWeights:
+    return BranchWeights(expert=1.0 + gamma, base=-gamma, negative=-eta)
+
+
+def _cfg(gamma: float, eta: float) -> BranchWeights:
+    return BranchWeights(expert=1.0 + gamma + eta, base=-gamma, negative=-eta)
+
+
+_FORMS: dict[str, Callable[[float, float], BranchWeights]] = {"paper": _paper, "cfg": _cfg}
+
+PRESETS: dict[str, dict[str, Any]] = {}
+
+
+def register_preset(name: str, **fields: Any) -> None:
+    """Register a named preset: a set of `SteerConfig` fields (validated now)."""
+    SteerConfig.model_validate(fields)
+    PRESETS[name] = dict(fields)
+
+
+# Built-in presets are registered exactly as a user's would be.
+register_preset("steer", gamma=DEFAULT_GAMMA, eta=DEFAULT_ETA, form="paper")
+register_preset("expert", gamma=0.0, eta=0.0)
+# Classifier-free guidance with the negative context as the unconditional prompt (guidance_scale = 1+eta).
+register_preset("cfg", gamma=0.0, eta=0.5, form="cfg")
+# Contrastive decoding (O'Brien & Lewis 2023 form: (1+β)ℓ_expert − βℓ_amateur with the α head mask);
+# the base model plays the amateur.
+register_preset("contrastive", gamma=1.0, eta=0.0, alpha=0.1, top_k=None, temperature=0.0)

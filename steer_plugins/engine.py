@@ -1,0 +1,468 @@
+"""`SteerEngine`: load an expert/base pair once, then generate, stream or serve many threads.
+
+All decoding happens on one worker thread. Calls from any thread (LangChain, DSPy and Ray call
+from several at once) become requests; requests that arrive together are coalesced into one
+batch, so eight concurrent single-prompt calls cost about one batch of eight. Each prompt keeps
+its own seed, so a result never depends on which other prompts shared its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import queue
+import random
+import secrets
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .config import SteerConfig
+from .decode import PromptJob, SteerResult, StreamEvent, run_decode
+from .negatives import NegativePool, fit_negatives
+from .sources import DEFAULT_MODEL, LoadedModels, context_window, load_models
+from .stopping import eos_token_ids
+
+__all__ = ["SteerEngine", "DEFAULT_MODEL"]
+
+_IDLE_S = 2.0  # the worker thread exits after this long without requests (and restarts on demand)
+_LIVE_ENGINES: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for engine in list(_LIVE_ENGINES):
+        engine.close()
+
+Negatives = Sequence[Sequence[str]] | None
+
+
+@dataclass
+class _Request:
+    prompts: list[str]
+    config: SteerConfig
+    seeds: list[int]
+    negatives: Negatives
+    return_scores: bool
+    add_to_pool: bool
+    sink: Callable[[list[StreamEvent]], None] | None = None
+    future: Future = field(default_factory=Future)
+    cancelled: bool = False
+    results: dict[int, SteerResult] = field(default_factory=dict)
+    taken: set[int] = field(default_factory=set)
+
+
+class SteerEngine:
+    """STEER decoding over an expert and its base, with a negative pool.
+
+    Args:
+        expert: the fine-tuned model: an HF id or folder, a `.gguf` file, a PEFT adapter folder,
+            `"smollm2-135m-instruct"` (the embedded default), or a loaded model (`PeftModel` included).
+        base: the model the expert was tuned from; None with a PEFT expert means "the expert with
+            its adapter off" (one set of weights in memory). None otherwise: the expert is its own
+            base, so γ has no effect.
+        tokenizer: needed only when the expert is given as a loaded model.
+        config: default `SteerConfig`; every generate call may override fields.
+        pool: real examples (a list of strings or a `NegativePool`) that seed the negative pool.
+        device, dtype: where and how to hold the weights (e.g. "cuda", torch.bfloat16).
+        trust_remote_code: off by default.
+        peft_mode: "mixed" (expert and base rows in one forward) or "two_pass"; see benchmarks.
+        max_batch_size: most prompts decoded together; larger requests run in chunks, each
+            chunk drawing negatives from the pool as it stands (so earlier outputs count).
+        coalesce_ms: how long the worker waits for concurrent calls to join a batch.
+
+    Example:
+        >>> engine = SteerEngine("smollm2-135m-instruct", pool=["Is dark matter cold?"])
+        >>> r = engine.generate(["Write a question about stars:"], max_new_tokens=20, num_negatives=1)[0]
+        >>> r.text, r.finish_reason, r.negatives_used
+    """
+
+    def __init__(
+        self,
+        expert: Any,
+        base: Any = None,
+        tokenizer: Any = None,
+        config: SteerConfig | None = None,
+        *,
+        pool: NegativePool | Sequence[str] | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        trust_remote_code: bool = False,
+        peft_mode: str = "mixed",
+        max_batch_size: int = 32,
+        coalesce_ms: float = 5.0,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"`max_batch_size` must be >= 1, got {max_batch_size}")
+        if config is not None and not isinstance(config, SteerConfig):
+            raise TypeError(f"`config` must be a SteerConfig, got {type(config).__name__}: SteerConfig(**fields)")
+        self.config = config or SteerConfig()
+        self.models: LoadedModels = load_models(
+            expert, base, tokenizer, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+        self.tokenizer = self.models.tokenizer
+        self.pool = pool if isinstance(pool, NegativePool) else NegativePool(pool or ())
+        self.peft_mode = peft_mode
+        self.max_batch_size = max_batch_size
+        self.coalesce_s = coalesce_ms / 1000
+        self.context_window = context_window(self.models.expert)
+        self._eos = frozenset(eos_token_ids(self.tokenizer, self.models.expert))
+        self._pad_id = self._pick_pad_id()
+        self._lock = threading.Condition()
+        self._pending: list[_Request] = []
+        self._worker: threading.Thread | None = None
+        self._worker_pid = -1
+        self._closed = False
+        self._start_lock = threading.Lock()
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def name(self) -> str:
+        """A readable identity of the expert/base pair."""
+        return self.models.name
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.models.expert.parameters()).device
+
+    def fingerprint(self, **overrides: Any) -> str:
+        """Hash of the model pair and the (overridden) config: equal iff the outputs' distribution is."""
+        import hashlib
+
+        cfg = self.config.merged(**overrides)
+        return hashlib.sha256(f"{self.name}|{cfg.fingerprint()}".encode()).hexdigest()[:12]
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text`, tokenised the way prompts are."""
+        return len(self.tokenizer(text).input_ids)
+
+    def apply_chat_template(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+        """Render chat `messages` (`{"role", "content"}` dicts) with the tokenizer's chat template.
+
+        Raises:
+            ValueError: no chat template, or a role the template cannot render.
+        """
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(
+                "the tokenizer has no chat template: pass plain-text prompts, or set tokenizer.chat_template"
+            )
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise TypeError(f"message #{i} must be a dict with str `role` and `content`, got {m!r}")
+        try:
+            return self.tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except Exception as err:  # jinja2 TemplateError and raise_exception() both land here
+            roles = sorted({m["role"] for m in messages})
+            raise ValueError(
+                f"the chat template could not render roles {roles}: {err}. Use roles the model's template "
+                "supports (usually system/user/assistant) or merge the message into a user turn"
+            ) from err
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        negatives: Negatives = None,
+        return_scores: bool = False,
+        *,
+        add_to_pool: bool | None = None,
+        progress: bool = False,
+        **overrides: Any,
+    ) -> list[SteerResult]:
+        """Generate one result per prompt with STEER decoding.
+
+        Args:
+            prompts: instruction prompts (plain text; see `apply_chat_template` for chat models).
+            negatives: None to draw K from `self.pool` per prompt, or one list of strings per prompt
+                (joined with `negative_separator` into that prompt's negative context).
+            return_scores: keep the combined per-step scores in `result.scores`.
+            add_to_pool: append outputs to the pool (default: when negatives came from the pool and
+                the pool was seeded, as the paper does).
+            progress: show a progress bar (prompts, tokens/s).
+            **overrides: any `SteerConfig` field for this call.
+
+        Returns:
+            `SteerResult`s, in prompt order.
+        """
+        bar = None
+        sink = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(prompts), unit="prompt", desc="steer")
+            t0, tokens = time.perf_counter(), [0]
+
+            def sink(events: list[StreamEvent]) -> None:
+                for ev in events:
+                    if ev.result is not None:
+                        tokens[0] += ev.result.completion_tokens
+                        bar.update(1)
+                        bar.set_postfix(tok_s=f"{tokens[0] / (time.perf_counter() - t0):.1f}")
+
+        req = self._submit(prompts, negatives, return_scores, add_to_pool, overrides, sink)
+        try:
+            return req.future.result()
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def stream(
+        self, prompts: Sequence[str], negatives: Negatives = None, *, add_to_pool: bool | None = None,
+        **overrides: Any,
+    ) -> Iterator[StreamEvent]:
+        """Yield `StreamEvent` text deltas of every prompt as they are decoded (batch > 1 allowed).
+
+        Closing the iterator early cancels the prompts still running.
+        """
+        q: queue.Queue = queue.Queue()
+        req = self._submit(prompts, negatives, False, add_to_pool, overrides, q.put)
+        req.future.add_done_callback(lambda _: q.put(None))
+        try:
+            while (events := q.get()) is not None:
+                yield from events
+            req.future.result()  # re-raise a worker error
+        finally:
+            req.cancelled = True
+
+    async def agenerate(
+        self, prompts: Sequence[str], negatives: Negatives = None, return_scores: bool = False, *,
+        add_to_pool: bool | None = None, **overrides: Any,
+    ) -> list[SteerResult]:
+        """`generate` for asyncio: awaits the worker without blocking the event loop."""
+        req = self._submit(prompts, negatives, return_scores, add_to_pool, overrides, None)
+        return await asyncio.wrap_future(req.future)
+
+    async def astream(
+        self, prompts: Sequence[str], negatives: Negatives = None, *, add_to_pool: bool | None = None,
+        **overrides: Any,
+    ) -> AsyncIterator[StreamEvent]:
+        """`stream` for asyncio."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        req = self._submit(
+            prompts, negatives, False, add_to_pool, overrides,
+            lambda evs: loop.call_soon_threadsafe(q.put_nowait, evs),
+        )
+        req.future.add_done_callback(lambda _: loop.call_soon_threadsafe(q.put_nowait, None))
+        try:
+            while (events := await q.get()) is not None:
+                for ev in events:
+                    yield ev
+            req.future.result()
+        finally:
+            req.cancelled = True
+
+    def logits_processor(self, negatives: Sequence[str] | None = None, **overrides: Any):
+        """A `transformers.LogitsProcessor` applying STEER inside `expert.generate()` (see processor.py)."""
+        from .processor import SteerLogitsProcessor
+
+        return SteerLogitsProcessor(self, negatives=negatives, **overrides)
+
+    # ------------------------------------------------------------------ request preparation
+    def _pick_pad_id(self) -> int:
+        for cand in (getattr(self.tokenizer, "pad_token_id", None), *sorted(self._eos)):
+            if isinstance(cand, int):
+                return cand
+        return 0  # any id works: padded positions are masked out
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=4)
+
+    def _submit(self, prompts, negatives, return_scores, add_to_pool, overrides, sink) -> _Request:
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+            raise TypeError(f"`prompts` must be a list of strings, got {type(prompts).__name__}: wrap one prompt in a list")
+        if len(prompts) == 0:
+            raise ValueError("`prompts` is empty: pass at least one prompt")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise TypeError(f"prompt #{i} must be a str, got {type(p).__name__}")
+            if not p:
+                raise ValueError(f"prompt #{i} is empty: STEER conditions expert and base on the prompt; pass text")
+        cfg = self.config.merged(**overrides)
+        if negatives is not None and (
+            isinstance(negatives, str)
+            or len(negatives) != len(prompts)
+            or any(isinstance(n, str) or not all(isinstance(x, str) for x in n) for n in negatives)
+        ):
+                raise ValueError(
+                    f"`negatives` must be one list of strings per prompt ({len(prompts)} lists); for shared "
+                    "negatives pass [negs] * len(prompts), or None to draw from engine.pool"
+                )
+        base_seed = cfg.seed if cfg.seed is not None else secrets.randbits(62)
+        if add_to_pool is None:
+            add_to_pool = negatives is None and self.pool.num_real > 0
+        req = _Request(
+            prompts=list(prompts), config=cfg, seeds=[base_seed + i for i in range(len(prompts))],
+            negatives=negatives, return_scores=return_scores, add_to_pool=add_to_pool, sink=sink,
+        )
+        self._enqueue(req)
+        return req
+
+    def _prepare_job(self, req: _Request, i: int) -> PromptJob:
+        cfg, tok = req.config, self.tokenizer
+        limit = self.context_window - cfg.max_new_tokens
+        if limit < 1:
+            raise ValueError(
+                f"`max_new_tokens` ({cfg.max_new_tokens}) leaves no room for the prompt in the model's "
+                f"{self.context_window}-token context window: lower max_new_tokens"
+            )
+        ids = tok(req.prompts[i]).input_ids
+        truncated = max(0, len(ids) - limit)
+        ids = ids[truncated:]
+        if not ids:
+            raise ValueError(f"prompt #{i} tokenises to nothing: pass text the tokenizer can encode")
+        if req.negatives is not None:
+            drawn = list(req.negatives[i])
+        elif cfg.eta > 0 and len(self.pool) > 0:
+            drawn = self.pool.draw(cfg.num_negatives, random.Random(req.seeds[i]))
+        else:
+            drawn = []
+            if cfg.eta > 0:
+                self._warn_once(
+                    "empty-pool",
+                    "eta > 0 but the negative pool is empty and no `negatives` were given: negative prompting "
+                    "is off. Seed it with real examples: SteerEngine(..., pool=[...]) or engine.pool.add([...], real=True)",
+                )
+        budget = min(cfg.negative_max_tokens or limit, limit)
+        contexts: list[list[int]] = []
+        if cfg.negative_form == "concat":
+            fit = fit_negatives(drawn, self.count_tokens, budget, cfg.negative_separator)
+            if fit.used:
+                contexts.append(tok(cfg.negative_separator.join(fit.used)).input_ids)
+        else:
+            fit = fit_negatives([], self.count_tokens, budget)
+            for text in drawn:
+                ctx = tok(text).input_ids
+                (contexts.append(ctx), fit.used.append(text)) if len(ctx) <= budget else fit.dropped.append(text)
+        return PromptJob(
+            prompt_ids=ids,
+            negative_contexts=contexts,
+            config=cfg,
+            seed=req.seeds[i],
+            stop_token_ids=self._eos | frozenset(cfg.stop_token_ids),
+            negatives_used=fit.used,
+            negatives_dropped=fit.dropped,
+            prompt_truncated_tokens=truncated,
+            return_scores=req.return_scores,
+            index=i,
+        )
+
+    # ------------------------------------------------------------------ the worker
+    def _enqueue(self, req: _Request) -> None:
+        """Queue `req` and make sure a worker serves it (the worker only exits, under the same lock,
+        when nothing is pending, so a request can never be left unserved)."""
+        with self._start_lock:
+            if self._worker_pid != os.getpid():  # fresh state after a fork (datasets num_proc)
+                self._lock = threading.Condition()
+                self._pending = []
+                self._worker = None
+                self._worker_pid = os.getpid()
+            with self._lock:
+                self._closed = False
+                self._pending.append(req)
+                self._lock.notify_all()
+                if self._worker is None or not self._worker.is_alive():
+                    self._worker = threading.Thread(target=self._serve, name="steer-engine", daemon=True)
+                    self._worker.start()
+                    _LIVE_ENGINES.add(self)
+
+    def close(self) -> None:
+        """Stop the worker thread (it also stops by itself after a short idle time)."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        worker = self._worker
+        if worker is not None and worker.is_alive() and worker is not threading.current_thread():
+            worker.join(timeout=5)
+
+    def _take_batch(self) -> list[tuple[_Request, list[int]]] | None:
+        """Wait for requests, give latecomers `coalesce_s` to join, then take up to max_batch_size prompts.
+
+        Returns None when the worker should exit (closed, or idle for `_IDLE_S`).
+        """
+        with self._lock:
+            idle_until = time.monotonic() + _IDLE_S
+            while not self._pending:
+                left = idle_until - time.monotonic()
+                if self._closed or left <= 0:
+                    self._worker = None
+                    return None
+                self._lock.wait(left)
+            deadline = time.monotonic() + self.coalesce_s
+            while sum(len(r.prompts) - len(r.results) for r in self._pending) < self.max_batch_size:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._lock.wait(left)
+            batch: list[tuple[_Request, list[int]]] = []
+            room = self.max_batch_size
+            for req in self._pending:
+                if req.future.done():
+                    continue
+                take = [i for i in range(len(req.prompts)) if i not in req.taken][:room]
+                if take:
+                    batch.append((req, take))
+                    req.taken.update(take)
+                    room -= len(take)
+                if room == 0:
+                    break
+            self._pending = [r for r in self._pending if len(r.taken) < len(r.prompts) and not r.future.done()]
+            return batch
+
+    def _serve(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            jobs: list[PromptJob] = []
+            owners: list[_Request] = []
+            for req, indices in batch:
+                try:
+                    prepared = [self._prepare_job(req, i) for i in indices]
+                except Exception as err:  # bad input of one request fails that request only
+                    req.future.set_exception(err)
+                    req.cancelled = True
+                    continue
+                jobs += prepared
+                owners += [req] * len(prepared)
+            if not jobs:
+                continue
+            try:
+                for events in run_decode(
+                    self.models, jobs, pad_id=self._pad_id, peft_mode=self.peft_mode,
+                    cancelled=lambda k, owners=owners: owners[k].cancelled,
+                ):
+                    self._route(events, owners)
+            except Exception as err:
+                for req in {id(r): r for r in owners}.values():
+                    if not req.future.done():
+                        req.future.set_exception(err)
+
+    def _route(self, events: list[tuple[int, StreamEvent]], owners: list[_Request]) -> None:
+        by_req: dict[int, list[StreamEvent]] = {}
+        for k, ev in events:
+            req = owners[k]
+            if req.future.done():
+                continue
+            by_req.setdefault(id(req), []).append(ev)
+            if ev.result is not None:
+                req.results[ev.index] = ev.result
+                if req.add_to_pool and ev.result.finish_reason != "cancelled":
+                    self.pool.add([ev.result.text])  # later batches draw it as a negative
+        for k in {id(owners[k]): k for k, _ in events}.values():
+            req = owners[k]
+            if req.future.done():
+                continue
+            if req.sink is not None and id(req) in by_req:
+                req.sink(by_req[id(req)])
+            if len(req.results) == len(req.prompts):
+                req.future.set_result([req.results[i] for i in range(len(req.prompts))])

@@ -1,0 +1,103 @@
+"""STEER as a `transformers.LogitsProcessor`, for users who keep calling `model.generate()`.
+
+The model running `generate()` is the expert on the prompt (the head branch); this processor
+runs the base rows and the negative-context rows itself, each with its own KV cache, and returns
+the combined scores. It holds no maths of its own: `combine` and `guard_non_finite` do the work.
+Use one processor per `generate()` call.
+
+Example:
+    >>> proc = engine.logits_processor(negatives=["an example to move away from"])
+    >>> out = engine.models.expert.generate(**inputs, logits_processor=[proc], do_sample=True, top_k=10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor
+
+from .combine import combine, guard_non_finite
+from .negatives import fit_negatives
+from .rows import RowBatch
+
+__all__ = ["SteerLogitsProcessor"]
+
+
+class SteerLogitsProcessor(LogitsProcessor):
+    """Combine the expert's scores with base and negative branches inside `generate()`.
+
+    Args:
+        engine: a `SteerEngine` (gives the models, tokenizer and default config).
+        negatives: negative examples, shared by every row of the batch (joined with the separator);
+            None draws `num_negatives` from `engine.pool`.
+        prompt_attention_mask: the `attention_mask` passed to `generate()` when the batch is
+            left-padded (else padding is inferred from leading pad tokens).
+        **overrides: `SteerConfig` fields (temperature/top-k are `generate()`'s own arguments).
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        negatives: Sequence[str] | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.config = engine.config.merged(**overrides)
+        self.models = engine.models
+        self.pad_id = engine._pad_id
+        self.weights = self.config.branch_weights()
+        if negatives is None:
+            negatives = engine.pool.draw(self.config.num_negatives) if len(engine.pool) and self.config.eta else []
+        budget = min(self.config.negative_max_tokens or engine.context_window, engine.context_window)
+        self.fit = fit_negatives(list(negatives), engine.count_tokens, budget, self.config.negative_separator)
+        sep = self.config.negative_separator
+        self.negative_ids = engine.tokenizer(sep.join(self.fit.used)).input_ids if self.fit.used else []
+        self.prompt_attention_mask = prompt_attention_mask
+        self.fallback_steps = 0
+        self._base: RowBatch | None = None
+        self._neg: RowBatch | None = None
+        self._started = False
+
+    def _contexts(self, input_ids: torch.Tensor) -> list[list[int]]:
+        if self.prompt_attention_mask is not None:
+            mask = self.prompt_attention_mask.bool()
+        else:
+            is_pad = input_ids == self.pad_id
+            mask = ~(is_pad.cumprod(-1).bool())  # leading pads only
+        return [row[m].tolist() for row, m in zip(input_ids, mask, strict=True)]
+
+    def _start(self, input_ids: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        self._started = True
+        base_lp = neg_lp = None
+        if self.weights.base != 0 and self.models.base is not self.models.expert:
+            shared = self.models.shared_weights
+            self._base = RowBatch(self.models.expert if shared else self.models.base, pad_id=self.pad_id,
+                                  disable_adapter=shared)
+            base_lp = self._base.prefill(self._contexts(input_ids))
+        if self.weights.negative != 0 and self.negative_ids:
+            self._neg = RowBatch(self.models.expert, pad_id=self.pad_id)
+            neg_lp = self._neg.prefill([self.negative_ids] * input_ids.shape[0])
+        return base_lp, neg_lp
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        head = scores.float().log_softmax(-1)
+        if not self._started:
+            base_lp, neg_lp = self._start(input_ids)
+        else:
+            last = input_ids[:, -1]
+            base_lp = self._base.step(last) if self._base is not None else None
+            neg_lp = self._neg.step(last) if self._neg is not None else None
+        head_w = self.weights.expert + (self.weights.base if self.models.base is self.models.expert else 0.0)
+        branches, weights = [head], [head_w]
+        if base_lp is not None:
+            branches.append(base_lp.to(head.device))
+            weights.append(self.weights.base)
+        if neg_lp is not None:
+            branches.append(neg_lp.to(head.device))
+            weights.append(self.weights.negative)
+        combined = combine(torch.stack(branches, dim=1), torch.tensor(weights), alpha=self.config.alpha)
+        combined, fell_back = guard_non_finite(combined, head)
+        self.fallback_steps += int(fell_back.sum())
+        return combined.log_softmax(-1).to(scores.dtype)

@@ -1,0 +1,127 @@
+"""Rows of one model's forward pass: left padding, attention mask, position ids and one KV cache.
+
+Every branch of every prompt (expert on the prompt, base on the prompt, expert on a negative
+context) is one row. A `RowBatch` holds the rows that share a model (for a LoRA expert, expert and
+base rows share one batch and PEFT routes each row to its adapter or to `"__base__"`), runs one
+forward per step for all of them, and drops rows whose prompt has finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["RowBatch", "forward_keywords"]
+
+
+def forward_keywords(model: torch.nn.Module) -> tuple[str, bool]:
+    """(name of the cache keyword, whether `logits_to_keep` is accepted) for `model.forward`.
+
+    transformers 5.24 calls the cache `cache`; older releases call it `past_key_values`.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(inner.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    return cache_kw, "logits_to_keep" in params
+
+
+def _select_cache(cache, keep: torch.Tensor) -> None:
+    if hasattr(cache, "batch_select_indices"):
+        cache.batch_select_indices(keep)
+        return
+    for attr in ("key_cache", "value_cache"):  # transformers 4.x DynamicCache
+        tensors = getattr(cache, attr)
+        for i, t in enumerate(tensors):
+            tensors[i] = t.index_select(0, keep)
+
+
+class RowBatch:
+    """Rows decoded together through one model, each with its own context and KV cache row.
+
+    Args:
+        model: a causal LM (or a `PeftModel`).
+        pad_id: any valid token id; padded positions are masked out, so its value never matters.
+        adapter_names: one PEFT adapter name per row (`"__base__"` = adapter off) for mixed-adapter
+            batches, or None to run every row through the model as it is.
+        disable_adapter: run this batch with the PEFT adapter switched off (the base as separate passes).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        pad_id: int,
+        adapter_names: Sequence[str] | None = None,
+        disable_adapter: bool = False,
+    ) -> None:
+        self.model = model
+        self.pad_id = pad_id
+        self.adapter_names = list(adapter_names) if adapter_names is not None else None
+        self.disable_adapter = disable_adapter
+        self.device = next(model.parameters()).device
+        self._cache_kw, self._keep_kw = forward_keywords(model)
+        self.cache = None
+        self.attention_mask: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None  # (rows,) position id of each row's last token
+
+    def __len__(self) -> int:
+        return 0 if self.attention_mask is None else self.attention_mask.shape[0]
+
+    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        kwargs = {
+            "input_ids": input_ids,
+            "attention_mask": self.attention_mask,
+            "position_ids": position_ids,
+            self._cache_kw: self.cache,
+            "use_cache": True,
+        }
+        if self._keep_kw:
+            kwargs["logits_to_keep"] = 1
+        if self.adapter_names is not None and len(set(self.adapter_names)) > 1:
+            kwargs["adapter_names"] = self.adapter_names
+        ctx = self.model.disable_adapter() if self.disable_adapter else contextlib.nullcontext()
+        with torch.inference_mode(), ctx:
+            out = self.model(**kwargs)
+        self.cache = getattr(out, "cache", None) or out.past_key_values
+        return out.logits[:, -1, :].float().log_softmax(-1)
+
+    def prefill(self, contexts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Run every row's whole context (left-padded); returns `(rows, vocab)` next-token log-probs."""
+        if self.adapter_names is not None and len(self.adapter_names) != len(contexts):
+            raise ValueError(f"{len(self.adapter_names)} adapter names for {len(contexts)} rows")
+        width = max(len(c) for c in contexts)
+        ids = torch.full((len(contexts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(contexts), width), dtype=torch.long)
+        for i, ctx in enumerate(contexts):
+            if len(ctx):
+                ids[i, width - len(ctx):] = torch.as_tensor(ctx, dtype=torch.long)
+                mask[i, width - len(ctx):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.attention_mask = mask
+        self.cache = None
+        self.positions = position_ids[:, -1]
+        return self._forward(ids, position_ids)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one token per row; returns `(rows, vocab)` next-token log-probs."""
+        assert self.attention_mask is not None and self.positions is not None, "prefill first"
+        self.attention_mask = torch.cat(
+            [self.attention_mask, self.attention_mask.new_ones((len(self), 1))], dim=1
+        )
+        self.positions = self.positions + 1
+        return self._forward(tokens.to(self.device).view(-1, 1), self.positions.view(-1, 1))
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only rows `keep` (a 1-D long tensor of row indices, in order); frees the rest."""
+        assert self.attention_mask is not None and self.positions is not None
+        keep = keep.to(self.device)
+        self.attention_mask = self.attention_mask.index_select(0, keep)
+        self.positions = self.positions.index_select(0, keep)
+        if self.adapter_names is not None:
+            self.adapter_names = [self.adapter_names[i] for i in keep.tolist()]
+        if self.cache is not None and len(keep):
+            _select_cache(self.cache, keep)

@@ -1,0 +1,95 @@
+"""Samplers composed once from pure log-prob filters (mlx-lm style).
+
+Each filter maps `(rows, vocab)` log-probs to log-probs with dropped tokens at −inf and checks its
+own range; `make_sampler` chains only the filters that are switched on and returns one callable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+__all__ = ["Sampler", "apply_top_k", "apply_top_p", "apply_min_p", "make_filter", "make_sampler"]
+
+Sampler = Callable[[torch.Tensor, Sequence[torch.Generator | None]], torch.Tensor]
+LogprobFilter = Callable[[torch.Tensor], torch.Tensor]
+
+_NEG_INF = float("-inf")
+
+
+def apply_top_k(logprobs: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the `k` highest-scoring tokens of each row."""
+    if k <= 0:
+        raise ValueError(f"`top_k` must be > 0, got {k}")
+    if k >= logprobs.shape[-1]:
+        return logprobs
+    kth = logprobs.topk(k, dim=-1).values[..., -1:]
+    return logprobs.masked_fill(logprobs < kth, _NEG_INF)
+
+
+def apply_top_p(logprobs: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of best tokens whose probability mass reaches `p` (at least one)."""
+    if not 0 < p <= 1:
+        raise ValueError(f"`top_p` must be in (0, 1], got {p}")
+    if p == 1:
+        return logprobs
+    sorted_lp, order = logprobs.sort(dim=-1, descending=True)
+    probs = sorted_lp.softmax(-1)
+    mass_before = probs.cumsum(-1) - probs
+    drop_sorted = mass_before >= p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logprobs.masked_fill(drop, _NEG_INF)
+
+
+def apply_min_p(logprobs: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Drop tokens whose probability is below `min_p` times the row's best."""
+    if not 0 <= min_p < 1:
+        raise ValueError(f"`min_p` must be in [0, 1), got {min_p}")
+    if min_p == 0:
+        return logprobs
+    lp = logprobs.log_softmax(-1)
+    threshold = lp.max(-1, keepdim=True).values + torch.log(torch.tensor(min_p))
+    return logprobs.masked_fill(lp < threshold, _NEG_INF)
+
+
+def make_filter(*, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                min_p: float | None = None) -> LogprobFilter:
+    """Temperature then top-k, top-p, min-p, composed once; returns log-probs ready to sample."""
+    steps: list[LogprobFilter] = []
+    if temperature not in (0, 1):
+        steps.append(lambda lp: lp / temperature)
+    if top_k is not None:
+        steps.append(lambda lp: apply_top_k(lp, top_k))
+    if top_p is not None and top_p < 1:
+        steps.append(lambda lp: apply_top_p(lp, top_p))
+    if min_p:
+        steps.append(lambda lp: apply_min_p(lp, min_p))
+
+    def run(lp: torch.Tensor) -> torch.Tensor:
+        for step in steps:
+            lp = step(lp)
+        return lp
+
+    return run
+
+
+def make_sampler(*, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 min_p: float | None = None) -> Sampler:
+    """One callable `(logprobs (rows, vocab), generators per row) -> token ids (rows,)`.
+
+    `temperature == 0` returns the greedy sampler straight away. Each row samples with its own
+    `torch.Generator`, so a row's draw does not depend on which other rows share the batch.
+    """
+    if temperature == 0:
+        return lambda lp, gens: lp.argmax(-1)
+    filt = make_filter(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+
+    def sample(lp: torch.Tensor, gens: Sequence[torch.Generator | None]) -> torch.Tensor:
+        probs = filt(lp.float()).softmax(-1)
+        out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+        for i, g in enumerate(gens):
+            out[i] = torch.multinomial(probs[i], 1, generator=g)[0]
+        return out
+
+    return sample
