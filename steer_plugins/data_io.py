@@ -71,12 +71,12 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             except json.JSONDecodeError as e:
                 raise DataFormatError(
                     f"{path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno}); "
-                    "each line must be one JSON object such as {\"text\": \"...\"}"
+                    'each line must be one JSON object such as {"text": "..."}'
                 ) from None
             if not isinstance(row, dict):
                 raise DataFormatError(
                     f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}; "
-                    "each line must be one JSON object such as {\"text\": \"...\"}"
+                    'each line must be one JSON object such as {"text": "..."}'
                 )
             rows.append(row)
     return rows

@@ -108,7 +108,9 @@ def _default_targets(model: torch.nn.Module) -> list[str]:
     return targets
 
 
-def _encode(tokenizer: Any, texts: Sequence[str], prompt: str, max_length: int) -> list[tuple[list[int], int]]:
+def _encode(
+    tokenizer: Any, texts: Sequence[str], prompt: str, max_length: int
+) -> list[tuple[list[int], int]]:
     """Token ids of `prompt + text + EOS` and how many leading ids carry no loss (the prompt)."""
     eos = tokenizer.eos_token_id
     n_prompt = len(tokenizer(prompt).input_ids) if prompt else 0

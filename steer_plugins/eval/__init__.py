@@ -1,0 +1,41 @@
+"""Diversity and fidelity metrics for synthetic text (extra `[eval]`): see `steer_plugins.eval.metrics`."""
+
+from .metrics import (
+    EMBEDDING_METRICS,
+    METRICS,
+    TEXT_METRICS,
+    adversarial_auroc,
+    cosine_centroid,
+    cosine_pairwise,
+    distinct_n,
+    diversity,
+    embed,
+    evaluate,
+    format_table,
+    load_embedding_model,
+    mauve,
+    normalised_ngrams,
+    self_bleu,
+    tokenize,
+    vendi,
+)
+
+__all__ = [
+    "METRICS",
+    "TEXT_METRICS",
+    "EMBEDDING_METRICS",
+    "evaluate",
+    "format_table",
+    "tokenize",
+    "normalised_ngrams",
+    "diversity",
+    "distinct_n",
+    "self_bleu",
+    "embed",
+    "load_embedding_model",
+    "vendi",
+    "cosine_pairwise",
+    "cosine_centroid",
+    "mauve",
+    "adversarial_auroc",
+]
