@@ -68,7 +68,11 @@ def combine(
             "pass one weight per branch"
         )
     active = w != 0
-    if bool(active[:, head_index].all()) and int(active.sum()) == lp.shape[0] and bool((w[:, head_index] == 1).all()):
+    if (
+        bool(active[:, head_index].all())
+        and int(active.sum()) == lp.shape[0]
+        and bool((w[:, head_index] == 1).all())
+    ):
         scores = lp[:, head_index].clone()  # single branch of weight 1: nothing to combine
     else:
         terms = torch.where(active.unsqueeze(-1), w.unsqueeze(-1) * lp, torch.zeros((), device=lp.device))

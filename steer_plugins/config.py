@@ -81,7 +81,9 @@ class SteerConfig(BaseModel):
     min_p: float | None = Field(None, description="Drop tokens below min_p * max prob; None = off.")
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, description="Tokens to generate at most.")
     stop: list[str] = Field(default_factory=list, description="Stop strings; the text is cut before them.")
-    stop_token_ids: list[int] = Field(default_factory=list, description="Extra stop token ids (EOS is implied).")
+    stop_token_ids: list[int] = Field(
+        default_factory=list, description="Extra stop token ids (EOS is implied)."
+    )
     seed: int | None = Field(None, description="Seed for sampling and negative draws; None = fresh entropy.")
     negative_max_tokens: int | None = Field(
         DEFAULT_NEGATIVE_MAX_TOKENS,
@@ -105,7 +107,9 @@ class SteerConfig(BaseModel):
     @classmethod
     def _positive_int(cls, v: int, info) -> int:
         if v < 1:
-            hint = "set eta=0 to switch negatives off" if info.field_name == "num_negatives" else "ask for >= 1"
+            hint = (
+                "set eta=0 to switch negatives off" if info.field_name == "num_negatives" else "ask for >= 1"
+            )
             raise ValueError(f"`{info.field_name}` must be >= 1, got {v}; {hint}")
         return v
 
@@ -141,7 +145,9 @@ class SteerConfig(BaseModel):
     @classmethod
     def _budget(cls, v: int | None) -> int | None:
         if v is not None and v < 1:
-            raise ValueError(f"`negative_max_tokens` must be >= 1 or None, got {v}; set eta=0 to drop negatives")
+            raise ValueError(
+                f"`negative_max_tokens` must be >= 1 or None, got {v}; set eta=0 to drop negatives"
+            )
         return v
 
     @field_validator("stop")
@@ -183,7 +189,9 @@ class SteerConfig(BaseModel):
     def preset(cls, name: str, **overrides: Any) -> SteerConfig:
         """A config from a named preset (`steer`, `cfg`, `contrastive`, `expert`, or a registered one)."""
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)} (or register_preset)")
+            raise ValueError(
+                f"unknown preset {name!r}; known presets: {sorted(PRESETS)} (or register_preset)"
+            )
         return cls.model_validate({**PRESETS[name], **overrides})
 
 

@@ -63,7 +63,9 @@ class SteerResult:
         """Human-readable notes on what was adjusted (truncation, dropped negatives, fallbacks)."""
         notes = []
         if self.prompt_truncated_tokens:
-            notes.append(f"prompt truncated by {self.prompt_truncated_tokens} tokens to fit the context window")
+            notes.append(
+                f"prompt truncated by {self.prompt_truncated_tokens} tokens to fit the context window"
+            )
         if self.negatives_dropped:
             notes.append(f"{len(self.negatives_dropped)} negative example(s) dropped to fit the token budget")
         if self.fallback_steps:
@@ -151,7 +153,9 @@ class _Group:
             self.batch.select(torch.tensor(keep, dtype=torch.long))
 
 
-def _build_groups(models: LoadedModels, jobs: Sequence[PromptJob], pad_id: int, peft_mode: str) -> list[_Group]:
+def _build_groups(
+    models: LoadedModels, jobs: Sequence[PromptJob], pad_id: int, peft_mode: str
+) -> list[_Group]:
     base_is_expert = models.base is models.expert
     expert_rows: list[_Row] = []
     base_rows: list[_Row] = []
@@ -228,8 +232,10 @@ def run_decode(
         all_lp = torch.cat(outputs, dim=0)
         branch_lp = all_lp[idx]  # (prompts, branches, vocab)
         alphas = [states[j].job.config.alpha for j in active]
-        alpha = None if all(a is None for a in alphas) else torch.tensor(
-            [math.nan if a is None else a for a in alphas], device=device
+        alpha = (
+            None
+            if all(a is None for a in alphas)
+            else torch.tensor([math.nan if a is None else a for a in alphas], device=device)
         )
         scores = combine(branch_lp, weights, alpha=alpha)
         scores, fell_back = guard_non_finite(scores, branch_lp[:, 0])

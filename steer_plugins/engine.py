@@ -42,6 +42,7 @@ def _close_all() -> None:
     for engine in list(_LIVE_ENGINES):
         engine.close()
 
+
 Negatives = Sequence[Sequence[str]] | None
 
 
@@ -103,7 +104,9 @@ class SteerEngine:
         if max_batch_size < 1:
             raise ValueError(f"`max_batch_size` must be >= 1, got {max_batch_size}")
         if config is not None and not isinstance(config, SteerConfig):
-            raise TypeError(f"`config` must be a SteerConfig, got {type(config).__name__}: SteerConfig(**fields)")
+            raise TypeError(
+                f"`config` must be a SteerConfig, got {type(config).__name__}: SteerConfig(**fields)"
+            )
         self.config = config or SteerConfig()
         self.models: LoadedModels = load_models(
             expert, base, tokenizer, device=device, dtype=dtype, trust_remote_code=trust_remote_code
@@ -145,7 +148,9 @@ class SteerEngine:
         """Tokens in `text`, tokenised the way prompts are."""
         return len(self.tokenizer(text).input_ids)
 
-    def apply_chat_template(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True
+    ) -> str:
         """Render chat `messages` (`{"role", "content"}` dicts) with the tokenizer's chat template.
 
         Raises:
@@ -156,7 +161,11 @@ class SteerEngine:
                 "the tokenizer has no chat template: pass plain-text prompts, or set tokenizer.chat_template"
             )
         for i, m in enumerate(messages):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            if (
+                not isinstance(m, dict)
+                or not isinstance(m.get("role"), str)
+                or not isinstance(m.get("content"), str)
+            ):
                 raise TypeError(f"message #{i} must be a dict with str `role` and `content`, got {m!r}")
         try:
             return self.tokenizer.apply_chat_template(
@@ -217,7 +226,11 @@ class SteerEngine:
                 bar.close()
 
     def stream(
-        self, prompts: Sequence[str], negatives: Negatives = None, *, add_to_pool: bool | None = None,
+        self,
+        prompts: Sequence[str],
+        negatives: Negatives = None,
+        *,
+        add_to_pool: bool | None = None,
         **overrides: Any,
     ) -> Iterator[StreamEvent]:
         """Yield `StreamEvent` text deltas of every prompt as they are decoded (batch > 1 allowed).
@@ -235,22 +248,35 @@ class SteerEngine:
             req.cancelled = True
 
     async def agenerate(
-        self, prompts: Sequence[str], negatives: Negatives = None, return_scores: bool = False, *,
-        add_to_pool: bool | None = None, **overrides: Any,
+        self,
+        prompts: Sequence[str],
+        negatives: Negatives = None,
+        return_scores: bool = False,
+        *,
+        add_to_pool: bool | None = None,
+        **overrides: Any,
     ) -> list[SteerResult]:
         """`generate` for asyncio: awaits the worker without blocking the event loop."""
         req = self._submit(prompts, negatives, return_scores, add_to_pool, overrides, None)
         return await asyncio.wrap_future(req.future)
 
     async def astream(
-        self, prompts: Sequence[str], negatives: Negatives = None, *, add_to_pool: bool | None = None,
+        self,
+        prompts: Sequence[str],
+        negatives: Negatives = None,
+        *,
+        add_to_pool: bool | None = None,
         **overrides: Any,
     ) -> AsyncIterator[StreamEvent]:
         """`stream` for asyncio."""
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         req = self._submit(
-            prompts, negatives, False, add_to_pool, overrides,
+            prompts,
+            negatives,
+            False,
+            add_to_pool,
+            overrides,
             lambda evs: loop.call_soon_threadsafe(q.put_nowait, evs),
         )
         req.future.add_done_callback(lambda _: loop.call_soon_threadsafe(q.put_nowait, None))
@@ -282,30 +308,39 @@ class SteerEngine:
 
     def _submit(self, prompts, negatives, return_scores, add_to_pool, overrides, sink) -> _Request:
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-            raise TypeError(f"`prompts` must be a list of strings, got {type(prompts).__name__}: wrap one prompt in a list")
+            raise TypeError(
+                f"`prompts` must be a list of strings, got {type(prompts).__name__}: wrap one prompt in a list"
+            )
         if len(prompts) == 0:
             raise ValueError("`prompts` is empty: pass at least one prompt")
         for i, p in enumerate(prompts):
             if not isinstance(p, str):
                 raise TypeError(f"prompt #{i} must be a str, got {type(p).__name__}")
             if not p:
-                raise ValueError(f"prompt #{i} is empty: STEER conditions expert and base on the prompt; pass text")
+                raise ValueError(
+                    f"prompt #{i} is empty: STEER conditions expert and base on the prompt; pass text"
+                )
         cfg = self.config.merged(**overrides)
         if negatives is not None and (
             isinstance(negatives, str)
             or len(negatives) != len(prompts)
             or any(isinstance(n, str) or not all(isinstance(x, str) for x in n) for n in negatives)
         ):
-                raise ValueError(
-                    f"`negatives` must be one list of strings per prompt ({len(prompts)} lists); for shared "
-                    "negatives pass [negs] * len(prompts), or None to draw from engine.pool"
-                )
+            raise ValueError(
+                f"`negatives` must be one list of strings per prompt ({len(prompts)} lists); for shared "
+                "negatives pass [negs] * len(prompts), or None to draw from engine.pool"
+            )
         base_seed = cfg.seed if cfg.seed is not None else secrets.randbits(62)
         if add_to_pool is None:
             add_to_pool = negatives is None and self.pool.num_real > 0
         req = _Request(
-            prompts=list(prompts), config=cfg, seeds=[base_seed + i for i in range(len(prompts))],
-            negatives=negatives, return_scores=return_scores, add_to_pool=add_to_pool, sink=sink,
+            prompts=list(prompts),
+            config=cfg,
+            seeds=[base_seed + i for i in range(len(prompts))],
+            negatives=negatives,
+            return_scores=return_scores,
+            add_to_pool=add_to_pool,
+            sink=sink,
         )
         self._enqueue(req)
         return req
@@ -345,7 +380,9 @@ class SteerEngine:
             fit = fit_negatives([], self.count_tokens, budget)
             for text in drawn:
                 ctx = tok(text).input_ids
-                (contexts.append(ctx), fit.used.append(text)) if len(ctx) <= budget else fit.dropped.append(text)
+                (contexts.append(ctx), fit.used.append(text)) if len(ctx) <= budget else fit.dropped.append(
+                    text
+                )
         return PromptJob(
             prompt_ids=ids,
             negative_contexts=contexts,
@@ -418,7 +455,9 @@ class SteerEngine:
                     room -= len(take)
                 if room == 0:
                     break
-            self._pending = [r for r in self._pending if len(r.taken) < len(r.prompts) and not r.future.done()]
+            self._pending = [
+                r for r in self._pending if len(r.taken) < len(r.prompts) and not r.future.done()
+            ]
             return batch
 
     def _serve(self) -> None:
@@ -438,7 +477,10 @@ class SteerEngine:
                 continue
             try:
                 for events in run_decode(
-                    self.models, jobs, pad_id=self._pad_id, peft_mode=self.peft_mode,
+                    self.models,
+                    jobs,
+                    pad_id=self._pad_id,
+                    peft_mode=self.peft_mode,
                     cancelled=lambda k, owners=owners: owners[k].cancelled,
                 ):
                     self._route(events, owners)

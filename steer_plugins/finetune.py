@@ -207,7 +207,17 @@ def _resolve_base(base: Any, tokenizer: Any) -> tuple[torch.nn.Module, Any, str 
             "`base` is already a PeftModel: pass the plain base model (or `merge_and_unload()` it first)"
         )
     name = getattr(getattr(base, "config", None), "_name_or_path", None) or None
-    return base, tokenizer, name, False
+    return base, tokenizer, _portable_name(name), False
+
+
+def _portable_name(name: str | None) -> str | None:
+    """Map the embedded GGUF's install folder (machine-specific) back to its alias."""
+    if not name:
+        return None
+    with contextlib.suppress(ImportError, OSError):
+        if Path(name).resolve() == Path(_smollm2_folder()).resolve():
+            return DEFAULT_MODEL_ALIAS
+    return name
 
 
 def _lr_at(step: int, steps: int, warmup: int) -> float:
@@ -262,6 +272,7 @@ def finetune_lora(
     prompt: str = "",
     eval_texts: Sequence[str] | None = None,
     progress: bool = True,
+    base_name: str | None = None,
     extra_recipe: dict[str, Any] | None = None,
 ) -> Path:
     """Train a LoRA adapter on `texts` with the causal-LM loss and save it to `out_dir`.
@@ -283,6 +294,8 @@ def finetune_lora(
         prompt: optional prefix before every example (no loss on it), recorded in the recipe.
         eval_texts: optional held-out examples: base vs adapter perplexity goes into the recipe.
         progress: show a tqdm bar with the running loss.
+        base_name: what the adapter config records as `base_model_name_or_path` (what loaders use to
+            find the base); default: the spec string, else the loaded model's `name_or_path`.
         extra_recipe: extra JSON-serialisable entries merged into `steer_recipe.json`.
 
     Returns:
@@ -306,7 +319,8 @@ def finetune_lora(
     if not lr > 0:
         raise ValueError(f"`lr` must be > 0, got {lr!r}")
 
-    model, tok, base_name, loaded_here = _resolve_base(base, tokenizer)
+    model, tok, resolved_name, loaded_here = _resolve_base(base, tokenizer)
+    base_name = base_name or resolved_name
     targets = list(target_modules) if target_modules is not None else _default_targets(model)
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training

@@ -49,7 +49,9 @@ class SteerLogitsProcessor(LogitsProcessor):
         self.pad_id = engine._pad_id
         self.weights = self.config.branch_weights()
         if negatives is None:
-            negatives = engine.pool.draw(self.config.num_negatives) if len(engine.pool) and self.config.eta else []
+            negatives = (
+                engine.pool.draw(self.config.num_negatives) if len(engine.pool) and self.config.eta else []
+            )
         budget = min(self.config.negative_max_tokens or engine.context_window, engine.context_window)
         self.fit = fit_negatives(list(negatives), engine.count_tokens, budget, self.config.negative_separator)
         sep = self.config.negative_separator
@@ -73,8 +75,9 @@ class SteerLogitsProcessor(LogitsProcessor):
         base_lp = neg_lp = None
         if self.weights.base != 0 and self.models.base is not self.models.expert:
             shared = self.models.shared_weights
-            self._base = RowBatch(self.models.expert if shared else self.models.base, pad_id=self.pad_id,
-                                  disable_adapter=shared)
+            self._base = RowBatch(
+                self.models.expert if shared else self.models.base, pad_id=self.pad_id, disable_adapter=shared
+            )
             base_lp = self._base.prefill(self._contexts(input_ids))
         if self.weights.negative != 0 and self.negative_ids:
             self._neg = RowBatch(self.models.expert, pad_id=self.pad_id)

@@ -97,8 +97,8 @@ class RowBatch:
         mask = torch.zeros((len(contexts), width), dtype=torch.long)
         for i, ctx in enumerate(contexts):
             if len(ctx):
-                ids[i, width - len(ctx):] = torch.as_tensor(ctx, dtype=torch.long)
-                mask[i, width - len(ctx):] = 1
+                ids[i, width - len(ctx) :] = torch.as_tensor(ctx, dtype=torch.long)
+                mask[i, width - len(ctx) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         self.attention_mask = mask

@@ -53,8 +53,13 @@ def apply_min_p(logprobs: torch.Tensor, min_p: float) -> torch.Tensor:
     return logprobs.masked_fill(lp < threshold, _NEG_INF)
 
 
-def make_filter(*, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                min_p: float | None = None) -> LogprobFilter:
+def make_filter(
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+) -> LogprobFilter:
     """Temperature then top-k, top-p, min-p, composed once; returns log-probs ready to sample."""
     steps: list[LogprobFilter] = []
     if temperature not in (0, 1):
@@ -74,8 +79,13 @@ def make_filter(*, temperature: float = 1.0, top_k: int | None = None, top_p: fl
     return run
 
 
-def make_sampler(*, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 min_p: float | None = None) -> Sampler:
+def make_sampler(
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+) -> Sampler:
     """One callable `(logprobs (rows, vocab), generators per row) -> token ids (rows,)`.
 
     `temperature == 0` returns the greedy sampler straight away. Each row samples with its own

@@ -125,7 +125,9 @@ def load_model(
                 ) from err
             tok = _load_tokenizer(text, trust_remote_code=trust_remote_code)
         else:
-            raise ValueError(f"unsupported model source {text!r}: expected a folder, an HF id or a .gguf file")
+            raise ValueError(
+                f"unsupported model source {text!r}: expected a folder, an HF id or a .gguf file"
+            )
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
     return model.eval(), tok
@@ -139,8 +141,9 @@ def _name_of(spec: Any) -> str:
     return str(spec)
 
 
-def check_same_vocab(expert_tok: Any, base_tok: Any, expert_model: torch.nn.Module,
-                     base_model: torch.nn.Module) -> None:
+def check_same_vocab(
+    expert_tok: Any, base_tok: Any, expert_model: torch.nn.Module, base_model: torch.nn.Module
+) -> None:
     """Refuse expert/base pairs whose token→id maps or output layers differ."""
     if base_tok is not None and expert_tok is not None:
         a, b = expert_tok.get_vocab(), base_tok.get_vocab()
@@ -173,7 +176,9 @@ def load_models(
     """Resolve the expert/base pair. A PEFT expert with `base=None` shares its weights with the base."""
     from peft import PeftModel
 
-    expert_model, expert_tok = load_model(expert, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    expert_model, expert_tok = load_model(
+        expert, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+    )
     tok = tokenizer if tokenizer is not None else expert_tok
     if tok is None:
         raise ValueError(

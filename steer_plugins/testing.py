@@ -110,7 +110,9 @@ def tiny_model(
         )
         model = LlamaForCausalLM(cfg)
     elif arch == "gpt2":
-        cfg = GPT2Config(n_embd=hidden_size, n_layer=num_layers, n_head=4, n_positions=max_positions, **common)
+        cfg = GPT2Config(
+            n_embd=hidden_size, n_layer=num_layers, n_head=4, n_positions=max_positions, **common
+        )
         model = GPT2LMHeadModel(cfg)
     else:
         raise ValueError(f"`arch` must be 'llama' or 'gpt2', got {arch!r}")

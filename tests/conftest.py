@@ -48,8 +48,12 @@ def tiny_engine(tiny_tok) -> SteerEngine:
 def tiny_lora_engine(tiny_tok) -> SteerEngine:
     """A LoRA expert over a tiny Llama base: one set of weights, base rows run with the adapter off."""
     expert = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=2), seed=5)
-    engine = SteerEngine(expert, tokenizer=tiny_tok, config=SteerConfig(max_new_tokens=16, num_negatives=3),
-                         pool=list(TINY_CORPUS))
+    engine = SteerEngine(
+        expert,
+        tokenizer=tiny_tok,
+        config=SteerConfig(max_new_tokens=16, num_negatives=3),
+        pool=list(TINY_CORPUS),
+    )
     yield engine
     engine.close()
 

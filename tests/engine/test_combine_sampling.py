@@ -1,0 +1,148 @@
+"""`combine` and the samplers on hand-written 4-token distributions with exact answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from steer_plugins import SteerConfig, combine, guard_non_finite, head_mask
+from steer_plugins.sampling import apply_min_p, apply_top_k, apply_top_p, make_sampler
+
+NEG_INF = float("-inf")
+
+
+def lp(*probs):
+    return torch.log(torch.tensor(probs, dtype=torch.float32))
+
+
+def test_paper_form_weights_and_sum():
+    expert, base, neg = lp(0.4, 0.3, 0.2, 0.1), lp(0.1, 0.5, 0.2, 0.2), lp(0.7, 0.1, 0.1, 0.1)
+    w = SteerConfig(gamma=0.2, eta=0.6).branch_weights()
+    assert (w.expert, w.base, w.negative) == (pytest.approx(1.2), -0.2, -0.6)
+    got = combine(torch.stack([expert, base, neg])[None], torch.tensor([w.expert, w.base, w.negative]))
+    want = 1.2 * expert - 0.2 * base - 0.6 * neg
+    torch.testing.assert_close(got[0], want)
+    assert expert.argmax() == 0 and got[0].argmax() == 1  # the negatives push the expert off its favourite
+
+
+def test_cfg_form_is_guidance_scale_one_plus_eta():
+    w = SteerConfig(form="cfg", gamma=0.0, eta=0.5).branch_weights()
+    cond, uncond = lp(0.4, 0.3, 0.2, 0.1), lp(0.1, 0.5, 0.2, 0.2)
+    got = combine(torch.stack([cond, uncond, uncond])[None], torch.tensor([w.expert, w.base, w.negative]))
+    torch.testing.assert_close(got[0], 1.5 * (cond - uncond) + uncond)
+
+
+def test_gamma_eta_zero_returns_expert_unchanged_and_does_not_modify_input():
+    x = torch.stack([lp(0.4, 0.3, 0.2, 0.1), lp(0.25, 0.25, 0.25, 0.25)])[None]
+    copy = x.clone()
+    out = combine(x, torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(out[0], x[0, 0])
+    assert torch.equal(x, copy)
+    out[0, 0] = 99.0
+    assert torch.equal(x, copy), "the result must not alias the input"
+
+
+def test_zero_weight_ignores_minus_inf_branch():
+    x = torch.stack([lp(0.5, 0.5, 0.0, 0.0), lp(0.0, 1.0, 0.0, 0.0)])[None]
+    out = combine(x, torch.tensor([1.0, 0.0]))
+    assert not torch.isnan(out).any()
+
+
+def test_batch_mode_with_per_prompt_weights():
+    a = torch.stack([lp(0.4, 0.3, 0.2, 0.1), lp(0.1, 0.2, 0.3, 0.4)])
+    x = torch.stack([a, a])
+    out = combine(x, torch.tensor([[1.0, 0.0], [2.0, -1.0]]))
+    torch.testing.assert_close(out[0], a[0])
+    torch.testing.assert_close(out[1], 2 * a[0] - a[1])
+
+
+def test_head_mask_alpha():
+    head = lp(0.5, 0.3, 0.04, 0.16)
+    assert head_mask(head[None], 0.1)[0].tolist() == [True, True, False, True]
+    out = combine(torch.stack([head, lp(0.25, 0.25, 0.25, 0.25)])[None], torch.tensor([1.0, -0.6]), alpha=0.5)
+    assert torch.isinf(out[0]).tolist() == [False, False, True, True]
+    per_row = head_mask(torch.stack([head, head]), torch.tensor([0.1, math.nan]))
+    assert per_row[1].all()
+
+
+def test_combine_shape_errors_name_the_argument():
+    with pytest.raises(ValueError, match="weights"):
+        combine(torch.zeros(1, 3, 4), torch.tensor([1.0, 0.5]))
+    with pytest.raises(ValueError, match="branch_logprobs"):
+        combine(torch.zeros(3, 4), torch.tensor([1.0, 0.5, 0.1]))
+
+
+def test_guard_falls_back_on_unusable_rows():
+    good = lp(0.4, 0.3, 0.2, 0.1)
+    scores = torch.stack(
+        [
+            good,
+            torch.full((4,), NEG_INF),
+            torch.tensor([0.0, math.nan, 0.0, 0.0]),
+            torch.tensor([0.0, math.inf, 0.0, 0.0]),
+        ]
+    )
+    fallback = torch.stack([lp(0.25, 0.25, 0.25, 0.25)] * 4)
+    fixed, bad = guard_non_finite(scores, fallback)
+    assert bad.tolist() == [False, True, True, True]
+    torch.testing.assert_close(fixed[0], good)
+    torch.testing.assert_close(fixed[1:], fallback[1:])
+
+
+def test_top_k_top_p_min_p_exact():
+    x = lp(0.9, 0.0, 0.0, 0.1)
+    assert torch.isfinite(apply_top_p(x[None], 0.3))[0].tolist() == [True, False, False, False]
+    y = lp(0.4, 0.3, 0.2, 0.1)
+    assert torch.isfinite(apply_top_k(y[None], 2))[0].tolist() == [True, True, False, False]
+    assert torch.isfinite(apply_top_p(y[None], 0.65))[0].tolist() == [True, True, False, False]
+    assert torch.isfinite(apply_min_p(y[None], 0.5))[0].tolist() == [True, True, True, False]
+    both = apply_top_k(torch.stack([y, x]), 1)
+    assert torch.isfinite(both).sum(-1).tolist() == [1, 1]
+
+
+def test_samplers_greedy_and_seeded():
+    y = torch.stack([lp(0.1, 0.6, 0.2, 0.1), lp(0.7, 0.1, 0.1, 0.1)])
+    assert make_sampler(temperature=0)(y, [None, None]).tolist() == [1, 0]
+    s = make_sampler(top_k=2)
+    draws = {int(s(y[:1], [torch.Generator().manual_seed(i)])[0]) for i in range(50)}
+    assert draws == {1, 2}  # only the top-2 tokens can be drawn
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert s(y, [g1, torch.Generator()])[0] == s(y[:1], [g2])[0]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"gamma": math.nan},
+        {"eta": math.inf},
+        {"gamma": -0.1},
+        {"eta": -1},
+        {"top_k": 0},
+        {"top_k": -3},
+        {"max_new_tokens": 0},
+        {"num_negatives": 0},
+        {"top_p": 0.0},
+        {"alpha": 1.5},
+        {"temperature": -1},
+    ],
+)
+def test_config_rejects_bad_values_naming_the_field(bad):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        SteerConfig(**bad)
+
+
+def test_config_roundtrip_merge_and_presets():
+    cfg = SteerConfig(gamma=0.4, stop="?")
+    assert cfg.stop == ["?"]
+    assert SteerConfig.model_validate_json(cfg.model_dump_json()) == cfg
+    assert cfg.merged(eta=0.1).eta == 0.1 and cfg.eta == 0.6
+    assert cfg.merged(eta=0.1).fingerprint() != cfg.fingerprint()
+    with pytest.raises(ValueError, match="unknown SteerConfig field"):
+        cfg.merged(gama=1)
+    assert SteerConfig.preset("contrastive").alpha == 0.1
+    assert SteerConfig.preset("expert").branch_weights().negative == 0
+    with pytest.raises(ValueError, match="unknown preset"):
+        SteerConfig.preset("nope")

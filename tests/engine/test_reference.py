@@ -1,0 +1,196 @@
+"""The cached, batched decode loop against a naive reference that recomputes every branch from scratch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import UnbatchedClassifierFreeGuidanceLogitsProcessor
+
+from steer_plugins import SteerConfig, SteerEngine
+from steer_plugins.rows import RowBatch
+from steer_plugins.testing import TINY_CORPUS, tiny_lora_expert, tiny_model
+
+PROMPTS = ["Does dark matter", "Write a question about astronomy: Could the quick brown fox", "Is"]
+NEGS = [
+    ["The quick brown fox jumps over the lazy dog.", "Is the Hubble tension a sign of new physics?"],
+    ["What is the capital of France?"],
+    [
+        "A synthetic example about stars, planets, comets and galaxies.",
+        "Do fast radio bursts come from magnetars?",
+    ],
+]
+
+
+@torch.inference_mode()
+def last_logprobs(model, ids: list[int]) -> torch.Tensor:
+    out = model(input_ids=torch.tensor([ids]))
+    return out.logits[0, -1].float().log_softmax(-1)
+
+
+def naive_scores(
+    engine: SteerEngine, prompt: str, negatives: list[str], result, cfg: SteerConfig
+) -> torch.Tensor:
+    """Every step, every branch: a full forward over context + tokens so far, no cache, no padding."""
+    tok = engine.tokenizer
+    p_ids = tok(prompt).input_ids
+    w = cfg.branch_weights()
+    expert, base = engine.models.expert, engine.models.base
+    if cfg.negative_form == "concat":
+        neg_ctxs = [tok(cfg.negative_separator.join(negatives)).input_ids] if negatives else []
+    else:
+        neg_ctxs = [tok(n).input_ids for n in negatives]
+    rows = []
+    for t in range(len(result.token_ids)):
+        gen = result.token_ids[:t]
+        s = (w.expert) * last_logprobs(expert, p_ids + gen)
+        if w.base:
+            if base is None:  # LoRA expert: base = adapter off
+                with expert.disable_adapter():
+                    s = s + w.base * last_logprobs(expert, p_ids + gen)
+            else:
+                s = s + w.base * last_logprobs(base, p_ids + gen)
+        for ctx in neg_ctxs:
+            s = s + (w.negative / len(neg_ctxs)) * last_logprobs(expert, ctx + gen)
+        if cfg.alpha is not None:
+            head = last_logprobs(expert, p_ids + gen)
+            s = s.masked_fill(head < head.max() + torch.log(torch.tensor(cfg.alpha)), float("-inf"))
+        rows.append(s.log_softmax(-1))
+    return torch.stack(rows)
+
+
+def assert_close_finite(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.shape == b.shape
+    assert torch.equal(torch.isinf(a), torch.isinf(b))
+    fin = torch.isfinite(a)
+    torch.testing.assert_close(a[fin], b[fin], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"form": "cfg", "gamma": 0.5, "eta": 1.0},
+        {"negative_form": "per_example"},
+        {"alpha": 0.1, "gamma": 1.0},
+    ],
+)
+def test_batch_of_one_matches_naive_reference(tiny_pair_models, overrides):
+    expert, base, tok = tiny_pair_models
+    engine = SteerEngine(expert, base, tok, config=SteerConfig(max_new_tokens=8, **overrides))
+    r = engine.generate([PROMPTS[0]], negatives=[NEGS[0]], return_scores=True, seed=3)[0]
+    assert r.scores is not None and r.scores.shape == (len(r.token_ids), len(tok))
+    assert_close_finite(r.scores, naive_scores(engine, PROMPTS[0], NEGS[0], r, engine.config))
+    engine.close()
+
+
+def test_ragged_left_padded_batch_matches_reference_and_single_runs(tiny_pair_models):
+    expert, base, tok = tiny_pair_models
+    engine = SteerEngine(expert, base, tok, config=SteerConfig(max_new_tokens=10))
+    batch = engine.generate(PROMPTS, negatives=NEGS, return_scores=True, seed=11)
+    lengths = {len(tok(p).input_ids) for p in PROMPTS}
+    assert len(lengths) == len(PROMPTS), "prompts must be ragged to exercise left padding"
+    for i, r in enumerate(batch):
+        assert_close_finite(r.scores, naive_scores(engine, PROMPTS[i], NEGS[i], r, engine.config))
+        single = engine.generate([PROMPTS[i]], negatives=[NEGS[i]], return_scores=True, seed=11 + i)[0]
+        assert single.token_ids == r.token_ids  # same seed per prompt → same draw, whatever the batch
+        assert_close_finite(single.scores, r.scores)
+    engine.close()
+
+
+def test_finished_rows_leave_the_batch_and_others_stay_exact(tiny_engine):
+    # Short and long budgets in one batch: prompts finish at different steps, rows are dropped.
+    eng = tiny_engine
+    long_r = eng.generate(PROMPTS, negatives=NEGS, return_scores=True, seed=5, max_new_tokens=12)
+    mixed = [
+        eng.generate([p], negatives=[n], return_scores=True, seed=5 + i, max_new_tokens=3 if i == 1 else 12)[
+            0
+        ]
+        for i, (p, n) in enumerate(zip(PROMPTS, NEGS, strict=True))
+    ]
+    for i in (0, 2):
+        assert mixed[i].token_ids == long_r[i].token_ids
+    assert len(mixed[1].token_ids) == 3 and mixed[1].finish_reason in {"length", "stop"}
+
+
+def test_gamma_eta_zero_is_expert_sampling(tiny_engine):
+    eng = tiny_engine
+    r = eng.generate([PROMPTS[1]], negatives=[NEGS[1]], return_scores=True, seed=7, gamma=0.0, eta=0.0)[0]
+    p_ids = eng.tokenizer(PROMPTS[1]).input_ids
+    ref = torch.stack(
+        [last_logprobs(eng.models.expert, p_ids + r.token_ids[:t]) for t in range(len(r.token_ids))]
+    )
+    assert_close_finite(r.scores, ref)
+    # and the draw equals a sampler fed the expert's own distribution with the same generator
+    from steer_plugins.sampling import make_sampler
+
+    g = torch.Generator().manual_seed(7)
+    sampler = make_sampler(temperature=1.0, top_k=10)
+    replay = [int(sampler(ref[t : t + 1], [g])[0]) for t in range(len(r.token_ids))]
+    assert replay == r.token_ids
+
+
+def test_cfg_form_equals_transformers_unbatched_cfg(tiny_pair_models):
+    expert, base, tok = tiny_pair_models
+    eta = 0.7
+    engine = SteerEngine(
+        expert, base, tok, config=SteerConfig(form="cfg", gamma=0.0, eta=eta, max_new_tokens=6)
+    )
+    neg = "The quick brown fox jumps over the lazy dog."
+    r = engine.generate([PROMPTS[0]], negatives=[[neg]], return_scores=True, seed=2)[0]
+    proc = UnbatchedClassifierFreeGuidanceLogitsProcessor(
+        guidance_scale=1 + eta, model=expert, unconditional_ids=torch.tensor([tok(neg).input_ids])
+    )
+    ids = tok(PROMPTS[0]).input_ids
+    for t, token in enumerate(r.token_ids):
+        with torch.inference_mode():
+            logits = expert(input_ids=torch.tensor([ids])).logits[:, -1]
+            hf = proc(torch.tensor([ids]), logits).log_softmax(-1)[0]
+        assert_close_finite(r.scores[t], hf)
+        ids = ids + [token]
+    engine.close()
+
+
+def test_lora_base_rows_equal_plain_base_model(tiny_tok):
+    base_plain = tiny_model("llama", tiny_tok, seed=2)
+    expert = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=2), seed=5)
+    contexts = [tiny_tok(p).input_ids for p in PROMPTS]
+    rows = RowBatch(expert, pad_id=0, adapter_names=["default", "__base__", "__base__"])
+    lp = rows.prefill(contexts)
+    for i, ctx in enumerate(contexts):
+        want_base = last_logprobs(base_plain, ctx)
+        if i == 0:
+            assert not torch.allclose(lp[i], want_base, atol=1e-3), "the adapter must change the expert rows"
+        else:
+            torch.testing.assert_close(lp[i], want_base, atol=1e-5, rtol=1e-5)
+    nxt = lp.argmax(-1)
+    lp2 = rows.step(nxt)
+    torch.testing.assert_close(
+        lp2[2], last_logprobs(base_plain, contexts[2] + [int(nxt[2])]), atol=1e-5, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("peft_mode", ["mixed", "two_pass"])
+def test_lora_engine_matches_reference(tiny_tok, peft_mode):
+    expert = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=2), seed=5)
+    engine = SteerEngine(
+        expert, tokenizer=tiny_tok, config=SteerConfig(max_new_tokens=6), peft_mode=peft_mode
+    )
+    assert engine.models.shared_weights
+    r = engine.generate(PROMPTS[:2], negatives=NEGS[:2], return_scores=True, seed=4)
+    for i in range(2):
+        assert_close_finite(r[i].scores, naive_scores(engine, PROMPTS[i], NEGS[i], r[i], engine.config))
+    engine.close()
+
+
+def test_pool_draws_are_recorded_and_outputs_appended(tiny_engine):
+    before = len(tiny_engine.pool)
+    rs = tiny_engine.generate(PROMPTS, seed=1)
+    for r in rs:
+        assert len(r.negatives_used) == 3 and set(r.negatives_used) <= set(TINY_CORPUS)
+        assert len(set(r.negatives_used)) == 3  # without replacement
+    assert len(tiny_engine.pool) == before + sum(bool(r.text.strip()) for r in rs)
+    again = tiny_engine.generate(PROMPTS[:1], negatives=[["x y z"]], seed=1)
+    assert again[0].negatives_used == ["x y z"]
+    assert len(tiny_engine.pool) == before + sum(bool(r.text.strip()) for r in rs), (
+        "explicit negatives: no append"
+    )
