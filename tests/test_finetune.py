@@ -86,3 +86,12 @@ def test_perplexity_and_bad_arguments(tmp_path, tok):
         ft.finetune_lora((model, tok), ["a"], tmp_path / "x", steps=0, progress=False)
     with pytest.raises(TypeError, match="pass its tokenizer"):
         ft.finetune_lora(model, ["a"], tmp_path / "x", steps=1, progress=False)
+
+
+def test_base_name_overrides_recorded_base(tmp_path, tok):
+    model = tiny_model("llama", tok, seed=1)
+    out = ft.finetune_lora(
+        (model, tok), ["Is it?"], tmp_path / "b", steps=1, base_name="my-base", progress=False
+    )
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "my-base"
+    assert json.loads((out / ft.RECIPE_FILENAME).read_text())["base"] == "my-base"
