@@ -84,6 +84,7 @@ class SteerConfig(BaseModel):
     stop_token_ids: list[int] = Field(
         default_factory=list, description="Extra stop token ids (EOS is implied)."
     )
+    ignore_eos: bool = Field(False, description="Keep generating past EOS (benchmarks force full length).")
     seed: int | None = Field(None, description="Seed for sampling and negative draws; None = fresh entropy.")
     negative_max_tokens: int | None = Field(
         DEFAULT_NEGATIVE_MAX_TOKENS,

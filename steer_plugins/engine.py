@@ -388,7 +388,7 @@ class SteerEngine:
             negative_contexts=contexts,
             config=cfg,
             seed=req.seeds[i],
-            stop_token_ids=self._eos | frozenset(cfg.stop_token_ids),
+            stop_token_ids=(frozenset() if cfg.ignore_eos else self._eos) | frozenset(cfg.stop_token_ids),
             negatives_used=fit.used,
             negatives_dropped=fit.dropped,
             prompt_truncated_tokens=truncated,
