@@ -1,0 +1,6 @@
+"""LangChain adapters for STEER decoding: `SteerLLM` (a BaseLLM) and `ChatSteer` (a BaseChatModel)."""
+
+from .chat_models import ChatSteer
+from .llms import SteerLLM
+
+__all__ = ["ChatSteer", "SteerLLM"]
