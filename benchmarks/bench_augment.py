@@ -117,28 +117,32 @@ def main() -> None:
                 "text": [x for _ in range(reps) for x in ds["text"]],
             }
         )
-    results = [bench_datasets(args, ds, b) for b in args.batches]
-    if args.actors:
-        import ray
-
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        results += [bench_ray(args, ds, a) for a in args.actors]
-        ray.shutdown()
-
     print(
         f"\nSTEER augmentation, {DEFAULT_MODEL}, n={args.n}, max_new_tokens={args.max_new_tokens}, "
         f"{os.cpu_count()} CPU cores"
     )
     head = f"{'configuration':42} {'in rows':>7} {'out rows':>8} {'wall s':>7} {'in rows/s':>9} {'tok/s':>7} {'load s':>6}"
     print(head)
-    print("-" * len(head))
-    for r in results:
-        tok = f"{r['tok_s']:7.1f}" if r["tok_s"] is not None else f"{'-':>7}"
-        load = f"{r['load_s']:6.1f}" if r["load_s"] is not None else f"{'-':>6}"
-        print(
-            f"{r['config']:42} {r['in_rows']:7d} {r['out_rows']:8d} {r['wall_s']:7.1f} {r['in_rows_s']:9.3f} {tok} {load}"
-        )
+    print("-" * len(head), flush=True)
+    for b in args.batches:
+        print_row(bench_datasets(args, ds, b))
+    if args.actors:
+        import ray
+
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        for a in args.actors:
+            print_row(bench_ray(args, ds, a))
+        ray.shutdown()
+
+
+def print_row(r: dict) -> None:
+    tok = f"{r['tok_s']:7.1f}" if r["tok_s"] is not None else f"{'-':>7}"
+    load = f"{r['load_s']:6.1f}" if r["load_s"] is not None else f"{'-':>6}"
+    print(
+        f"{r['config']:42} {r['in_rows']:7d} {r['out_rows']:8d} {r['wall_s']:7.1f} {r['in_rows_s']:9.3f} {tok} {load}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
