@@ -154,7 +154,7 @@ class _Group:
 
 
 def _build_groups(
-    models: LoadedModels, jobs: Sequence[PromptJob], pad_id: int, peft_mode: str
+    models: LoadedModels, jobs: Sequence[PromptJob], pad_id: int, peft_mode: str, min_rows: int = 1
 ) -> list[_Group]:
     base_is_expert = models.base is models.expert
     expert_rows: list[_Row] = []
@@ -168,14 +168,20 @@ def _build_groups(
         active = models.expert.active_adapter
         rows = expert_rows + base_rows
         names = [active] * len(expert_rows) + ["__base__"] * len(base_rows)
-        groups.append(_Group(RowBatch(models.expert, pad_id=pad_id, adapter_names=names), rows))
+        groups.append(
+            _Group(RowBatch(models.expert, pad_id=pad_id, adapter_names=names, min_rows=min_rows), rows)
+        )
         return groups
-    groups.append(_Group(RowBatch(models.expert, pad_id=pad_id), expert_rows))
+    groups.append(_Group(RowBatch(models.expert, pad_id=pad_id, min_rows=min_rows), expert_rows))
     if base_rows:
         if models.shared_weights:
-            groups.append(_Group(RowBatch(models.expert, pad_id=pad_id, disable_adapter=True), base_rows))
+            groups.append(
+                _Group(
+                    RowBatch(models.expert, pad_id=pad_id, disable_adapter=True, min_rows=min_rows), base_rows
+                )
+            )
         else:
-            groups.append(_Group(RowBatch(models.base, pad_id=pad_id), base_rows))
+            groups.append(_Group(RowBatch(models.base, pad_id=pad_id, min_rows=min_rows), base_rows))
     return groups
 
 
@@ -202,6 +208,7 @@ def run_decode(
     *,
     pad_id: int,
     peft_mode: str = "mixed",
+    min_rows: int = 1,
     cancelled: Callable[[int], bool] | None = None,
 ) -> Iterator[list[tuple[int, StreamEvent]]]:
     """Decode all `jobs` together; yield `(job index, event)` lists, one list per step.
@@ -212,6 +219,7 @@ def run_decode(
         pad_id: id used for left padding (masked out).
         peft_mode: "mixed" runs expert and base rows of a LoRA expert in one forward
             (PEFT mixed-adapter batch); "two_pass" runs base rows as a second forward, adapter off.
+        min_rows: pad forwards of 2..min_rows-1 rows up to min_rows (see `RowBatch`).
         cancelled: called with a job index each step; True finishes that job ("cancelled").
     """
     if peft_mode not in PEFT_MODES:
@@ -222,7 +230,7 @@ def run_decode(
         gen = torch.Generator(device=device)
         gen.manual_seed(job.seed)
         states.append(_JobState(job, gen, TextTracker(models.tokenizer, job.config.stop)))
-    groups = _build_groups(models, jobs, pad_id, peft_mode)
+    groups = _build_groups(models, jobs, pad_id, peft_mode, min_rows)
     samplers: dict[tuple, Sampler] = {}
     active = list(range(len(jobs)))
     outputs = [g.batch.prefill([r.context for r in g.rows]) for g in groups]

@@ -79,6 +79,8 @@ class SteerEngine:
         max_batch_size: most prompts decoded together; larger requests run in chunks, each
             chunk drawing negatives from the pool as it stands (so earlier outputs count).
         coalesce_ms: how long the worker waits for concurrent calls to join a batch.
+        min_forward_rows: run forwards of 2-3 rows as 4 (default on CPU, where MKL's small-GEMM kernel
+            makes 2-3 rows slower than 4; see benchmarks/bench_speed.py); 1 turns padding off.
 
     Example:
         >>> engine = SteerEngine("smollm2-135m-instruct", pool=["Is dark matter cold?"])
@@ -100,6 +102,7 @@ class SteerEngine:
         peft_mode: str = "mixed",
         max_batch_size: int = 32,
         coalesce_ms: float = 5.0,
+        min_forward_rows: int | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"`max_batch_size` must be >= 1, got {max_batch_size}")
@@ -117,6 +120,7 @@ class SteerEngine:
         self.max_batch_size = max_batch_size
         self.coalesce_s = coalesce_ms / 1000
         self.context_window = context_window(self.models.expert)
+        self.min_forward_rows = min_forward_rows or (4 if self.device.type == "cpu" else 1)
         self._eos = frozenset(eos_token_ids(self.tokenizer, self.models.expert))
         self._pad_id = self._pick_pad_id()
         self._lock = threading.Condition()

@@ -76,22 +76,32 @@ def _smollm2_folder() -> str:
 
 
 def _load_model(spec: str) -> tuple[Any, Any, str]:
-    """Load `(model, tokenizer, base_name)` from a spec string (alias, `.gguf` path, folder or HF id).
+    """Load `(model, tokenizer, base_name)` from a spec string via `steer_plugins.sources.load_model`.
 
-    The one place this module loads weights; it will become a call to `steer_plugins.sources`.
-    `base_name` is what the adapter config records as `base_model_name_or_path`.
+    Accepts what the engine accepts: the alias `"smollm2-135m-instruct"`, a `.gguf` path, a folder
+    or an HF id. `base_name` is what the adapter config records as `base_model_name_or_path`: the
+    alias as given, else the absolute path of a local source (so the adapter loads from any folder).
+    A PEFT adapter folder is refused: train on its base, or merge it first.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from peft import PeftModel
 
-    if spec == DEFAULT_MODEL_ALIAS:
-        folder, kwargs, name = _smollm2_folder(), {"gguf_file": SMOLLM2_GGUF_FILE}, DEFAULT_MODEL_ALIAS
-    elif spec.endswith(".gguf"):
-        folder, kwargs, name = str(Path(spec).parent), {"gguf_file": Path(spec).name}, spec
+    from .sources import DEFAULT_MODEL, load_model
+
+    model, tokenizer = load_model(spec, dtype=torch.float32)
+    if isinstance(model, PeftModel):
+        raise ValueError(
+            f"`base` {spec!r} is a PEFT adapter folder: fine-tune its base model instead "
+            "(or merge it: model.merge_and_unload().save_pretrained(dir) and pass that folder)"
+        )
+    if tokenizer is None:
+        raise ValueError(f"`base` {spec!r} has no tokenizer: pass `(model, tokenizer)` instead")
+    if spec in (DEFAULT_MODEL, DEFAULT_MODEL_ALIAS):
+        name = DEFAULT_MODEL_ALIAS
+    elif Path(spec).exists():
+        name = str(Path(spec).resolve())
     else:
-        folder, kwargs, name = spec, {}, spec
-    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
-    return model.eval(), tokenizer, name
+        name = spec
+    return model, tokenizer, name
 
 
 def _default_targets(model: torch.nn.Module) -> list[str]:

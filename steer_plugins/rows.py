@@ -47,6 +47,10 @@ class RowBatch:
         adapter_names: one PEFT adapter name per row (`"__base__"` = adapter off) for mixed-adapter
             batches, or None to run every row through the model as it is.
         disable_adapter: run this batch with the PEFT adapter switched off (the base as separate passes).
+        min_rows: run 2..min_rows-1 rows as `min_rows` (copies of the last row, results discarded).
+            On this CPU (MKL, AVX-512) a forward with 2-3 rows is slower than one with 4, because small
+            GEMMs take a slow kernel; 1 row takes the fast GEMV path and is never padded. Measured in
+            benchmarks/bench_speed.py; 1 disables padding (the default on CUDA).
     """
 
     def __init__(
@@ -56,8 +60,11 @@ class RowBatch:
         pad_id: int,
         adapter_names: Sequence[str] | None = None,
         disable_adapter: bool = False,
+        min_rows: int = 1,
     ) -> None:
         self.model = model
+        self.min_rows = min_rows
+        self.num_real = 0
         self.pad_id = pad_id
         self.adapter_names = list(adapter_names) if adapter_names is not None else None
         self.disable_adapter = disable_adapter
@@ -68,7 +75,10 @@ class RowBatch:
         self.positions: torch.Tensor | None = None  # (rows,) position id of each row's last token
 
     def __len__(self) -> int:
-        return 0 if self.attention_mask is None else self.attention_mask.shape[0]
+        return self.num_real
+
+    def _padding(self, n: int) -> int:
+        return self.min_rows - n if 1 < n < self.min_rows else 0
 
     def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         kwargs = {
@@ -92,6 +102,11 @@ class RowBatch:
         """Run every row's whole context (left-padded); returns `(rows, vocab)` next-token log-probs."""
         if self.adapter_names is not None and len(self.adapter_names) != len(contexts):
             raise ValueError(f"{len(self.adapter_names)} adapter names for {len(contexts)} rows")
+        self.num_real = len(contexts)
+        extra = self._padding(len(contexts))
+        contexts = list(contexts) + [contexts[-1]] * extra
+        if self.adapter_names is not None:
+            self.adapter_names += [self.adapter_names[-1]] * extra
         width = max(len(c) for c in contexts)
         ids = torch.full((len(contexts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(contexts), width), dtype=torch.long)
@@ -104,20 +119,26 @@ class RowBatch:
         self.attention_mask = mask
         self.cache = None
         self.positions = position_ids[:, -1]
-        return self._forward(ids, position_ids)
+        return self._forward(ids, position_ids)[: self.num_real]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row; returns `(rows, vocab)` next-token log-probs."""
         assert self.attention_mask is not None and self.positions is not None, "prefill first"
-        self.attention_mask = torch.cat(
-            [self.attention_mask, self.attention_mask.new_ones((len(self), 1))], dim=1
-        )
+        rows = self.attention_mask.shape[0]
+        if rows > len(tokens):
+            tokens = torch.cat([tokens, tokens[-1:].expand(rows - len(tokens))])
+        self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones((rows, 1))], dim=1)
         self.positions = self.positions + 1
-        return self._forward(tokens.to(self.device).view(-1, 1), self.positions.view(-1, 1))
+        out = self._forward(tokens.to(self.device).view(-1, 1), self.positions.view(-1, 1))
+        return out[: self.num_real]
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only rows `keep` (a 1-D long tensor of row indices, in order); frees the rest."""
         assert self.attention_mask is not None and self.positions is not None
+        self.num_real = len(keep)
+        extra = self._padding(len(keep))
+        if extra:
+            keep = torch.cat([keep, keep[-1:].expand(extra)])
         keep = keep.to(self.device)
         self.attention_mask = self.attention_mask.index_select(0, keep)
         self.positions = self.positions.index_select(0, keep)

@@ -194,3 +194,21 @@ def test_pool_draws_are_recorded_and_outputs_appended(tiny_engine):
     assert len(tiny_engine.pool) == before + sum(bool(r.text.strip()) for r in rs), (
         "explicit negatives: no append"
     )
+
+
+def test_row_padding_changes_nothing_but_shape(tiny_tok):
+    model = tiny_model("gpt2", tiny_tok, seed=3)
+    contexts = [tiny_tok(p).input_ids for p in PROMPTS[:3]]
+    plain, padded = RowBatch(model, pad_id=0), RowBatch(model, pad_id=0, min_rows=4)
+    a, b = plain.prefill(contexts), padded.prefill(contexts)
+    assert padded.attention_mask.shape[0] == 4 and len(padded) == 3 and b.shape[0] == 3
+    torch.testing.assert_close(a, b)
+    tokens = a.argmax(-1)
+    torch.testing.assert_close(plain.step(tokens), padded.step(tokens))
+    keep = torch.tensor([0, 2])
+    plain.select(keep)
+    padded.select(keep)
+    assert padded.attention_mask.shape[0] == 4 and len(padded) == 2
+    torch.testing.assert_close(plain.step(tokens[keep]), padded.step(tokens[keep]))
+    padded.select(torch.tensor([1]))
+    assert padded.attention_mask.shape[0] == 1  # one row takes the fast path unpadded

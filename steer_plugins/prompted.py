@@ -1,0 +1,66 @@
+"""The prompted expert: a zero-training alternative to a LoRA expert.
+
+The paper's expert is the base model fine-tuned on the domain. Without an adapter, the same
+model can play the expert when its prompt carries a domain instruction and a few real examples in
+context. `prompted_prompt` renders that prompt (with the tokenizer's chat template when it has one).
+
+What the engine supports today: expert and base rows are conditioned on the **same** prompt, so
+with one model loaded as both (`SteerEngine(model)`, no adapter) γ contrasts the model with
+itself and has no effect. The prompted expert therefore runs as `γ = 0` with η > 0: negative
+prompting (diversity) over an in-context expert (fidelity). The full prompted STEER rule,
+`(1+γ)·ℓ(c_expert) − γ·ℓ(c_plain) − η·ℓ(N)`, needs a per-branch prompt in the engine (see the
+issue report: a `base_prompts=` argument).
+
+Example:
+    >>> from steer_plugins.testing import tiny_tokenizer
+    >>> p = prompted_prompt(tiny_tokenizer(), "Write a question.", ["Is it?", "Does it?"])
+    >>> "Is it?" in p and "Does it?" in p
+    True
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["DEFAULT_NUM_SHOTS", "PROMPTED_OVERRIDES", "prompted_prompt"]
+
+DEFAULT_NUM_SHOTS = 5
+PROMPTED_OVERRIDES: dict[str, float] = {"gamma": 0.0}
+"""Overrides a prompted expert needs today: γ = 0 (expert and base share prompt and weights)."""
+
+
+def prompted_prompt(
+    tokenizer: Any,
+    instruction: str,
+    examples: Sequence[str],
+    *,
+    num_shots: int = DEFAULT_NUM_SHOTS,
+    seed: int = 0,
+) -> str:
+    """The expert prompt: `instruction`, then `num_shots` examples (seeded draw), then the request.
+
+    Args:
+        tokenizer: the model's tokenizer; its chat template is used when it has one.
+        instruction: the domain instruction, e.g. "Write a research hypothesis in astronomy, phrased
+            as a question."
+        examples: real examples to draw the in-context shots from (at least one).
+        num_shots: how many examples to show.
+        seed: seeds which examples are shown.
+
+    Returns:
+        The prompt string to pass to `SteerEngine.generate` (the model answers with one new example).
+    """
+    if not examples:
+        raise ValueError("`examples` is empty: a prompted expert needs at least one real example in context")
+    if num_shots < 1:
+        raise ValueError(f"`num_shots` must be >= 1, got {num_shots}")
+    shots = random.Random(seed).sample(list(examples), min(num_shots, len(examples)))
+    body = "\n".join(f"- {s.strip()}" for s in shots)
+    user = f"{instruction}\n\nHere are examples of the style and domain:\n{body}\n\nWrite one new one, different from these."
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
+    return f"{user}\n"
