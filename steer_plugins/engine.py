@@ -54,6 +54,7 @@ class _Request:
     negatives: Negatives
     return_scores: bool
     add_to_pool: bool
+    pool: NegativePool
     sink: Callable[[list[StreamEvent]], None] | None = None
     future: Future = field(default_factory=Future)
     cancelled: bool = False
@@ -189,6 +190,8 @@ class SteerEngine:
         return_scores: bool = False,
         *,
         add_to_pool: bool | None = None,
+        seeds: Sequence[int] | None = None,
+        pool: NegativePool | None = None,
         progress: bool = False,
         **overrides: Any,
     ) -> list[SteerResult]:
@@ -202,6 +205,8 @@ class SteerEngine:
             add_to_pool: append outputs to the pool (default: when negatives came from the pool and
                 the pool was seeded, as the paper does).
             progress: show a progress bar (prompts, tokens/s).
+            seeds: one seed per prompt (default: `seed`, `seed+1`, ... or fresh entropy).
+            pool: draw negatives from (and append outputs to) this pool instead of `engine.pool`.
             **overrides: any `SteerConfig` field for this call.
 
         Returns:
@@ -222,7 +227,7 @@ class SteerEngine:
                         bar.update(1)
                         bar.set_postfix(tok_s=f"{tokens[0] / (time.perf_counter() - t0):.1f}")
 
-        req = self._submit(prompts, negatives, return_scores, add_to_pool, overrides, sink)
+        req = self._submit(prompts, negatives, return_scores, overrides, sink, add_to_pool, seeds, pool)
         try:
             return req.future.result()
         finally:
@@ -235,6 +240,8 @@ class SteerEngine:
         negatives: Negatives = None,
         *,
         add_to_pool: bool | None = None,
+        seeds: Sequence[int] | None = None,
+        pool: NegativePool | None = None,
         **overrides: Any,
     ) -> Iterator[StreamEvent]:
         """Yield `StreamEvent` text deltas of every prompt as they are decoded (batch > 1 allowed).
@@ -242,7 +249,7 @@ class SteerEngine:
         Closing the iterator early cancels the prompts still running.
         """
         q: queue.Queue = queue.Queue()
-        req = self._submit(prompts, negatives, False, add_to_pool, overrides, q.put)
+        req = self._submit(prompts, negatives, False, overrides, q.put, add_to_pool, seeds, pool)
         req.future.add_done_callback(lambda _: q.put(None))
         try:
             while (events := q.get()) is not None:
@@ -258,10 +265,12 @@ class SteerEngine:
         return_scores: bool = False,
         *,
         add_to_pool: bool | None = None,
+        seeds: Sequence[int] | None = None,
+        pool: NegativePool | None = None,
         **overrides: Any,
     ) -> list[SteerResult]:
         """`generate` for asyncio: awaits the worker without blocking the event loop."""
-        req = self._submit(prompts, negatives, return_scores, add_to_pool, overrides, None)
+        req = self._submit(prompts, negatives, return_scores, overrides, None, add_to_pool, seeds, pool)
         return await asyncio.wrap_future(req.future)
 
     async def astream(
@@ -270,19 +279,15 @@ class SteerEngine:
         negatives: Negatives = None,
         *,
         add_to_pool: bool | None = None,
+        seeds: Sequence[int] | None = None,
+        pool: NegativePool | None = None,
         **overrides: Any,
     ) -> AsyncIterator[StreamEvent]:
         """`stream` for asyncio."""
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        req = self._submit(
-            prompts,
-            negatives,
-            False,
-            add_to_pool,
-            overrides,
-            lambda evs: loop.call_soon_threadsafe(q.put_nowait, evs),
-        )
+        sink = lambda evs: loop.call_soon_threadsafe(q.put_nowait, evs)  # noqa: E731
+        req = self._submit(prompts, negatives, False, overrides, sink, add_to_pool, seeds, pool)
         req.future.add_done_callback(lambda _: loop.call_soon_threadsafe(q.put_nowait, None))
         try:
             while (events := await q.get()) is not None:
@@ -310,7 +315,17 @@ class SteerEngine:
             self._warned.add(key)
             warnings.warn(message, stacklevel=4)
 
-    def _submit(self, prompts, negatives, return_scores, add_to_pool, overrides, sink) -> _Request:
+    def _submit(
+        self,
+        prompts: Sequence[str],
+        negatives: Negatives,
+        return_scores: bool,
+        overrides: dict[str, Any],
+        sink: Callable[[list[StreamEvent]], None] | None,
+        add_to_pool: bool | None,
+        seeds: Sequence[int] | None,
+        pool: NegativePool | None,
+    ) -> _Request:
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
             raise TypeError(
                 f"`prompts` must be a list of strings, got {type(prompts).__name__}: wrap one prompt in a list"
@@ -334,13 +349,23 @@ class SteerEngine:
                 f"`negatives` must be one list of strings per prompt ({len(prompts)} lists); for shared "
                 "negatives pass [negs] * len(prompts), or None to draw from engine.pool"
             )
-        base_seed = cfg.seed if cfg.seed is not None else secrets.randbits(62)
+        if seeds is not None:
+            seeds = list(seeds)
+            if len(seeds) != len(prompts) or not all(isinstance(x, int) for x in seeds):
+                raise ValueError(f"`seeds` must be one int per prompt ({len(prompts)}), got {seeds!r}")
+        else:
+            base_seed = cfg.seed if cfg.seed is not None else secrets.randbits(62)
+            seeds = [base_seed + i for i in range(len(prompts))]
+        if pool is not None and not isinstance(pool, NegativePool):
+            raise TypeError(f"`pool` must be a NegativePool, got {type(pool).__name__}: NegativePool(texts)")
+        pool = pool if pool is not None else self.pool
         if add_to_pool is None:
-            add_to_pool = negatives is None and self.pool.num_real > 0
+            add_to_pool = negatives is None and pool.num_real > 0
         req = _Request(
             prompts=list(prompts),
             config=cfg,
-            seeds=[base_seed + i for i in range(len(prompts))],
+            seeds=seeds,
+            pool=pool,
             negatives=negatives,
             return_scores=return_scores,
             add_to_pool=add_to_pool,
@@ -364,8 +389,8 @@ class SteerEngine:
             raise ValueError(f"prompt #{i} tokenises to nothing: pass text the tokenizer can encode")
         if req.negatives is not None:
             drawn = list(req.negatives[i])
-        elif cfg.eta > 0 and len(self.pool) > 0:
-            drawn = self.pool.draw(cfg.num_negatives, random.Random(req.seeds[i]))
+        elif cfg.eta > 0 and len(req.pool) > 0:
+            drawn = req.pool.draw(cfg.num_negatives, random.Random(req.seeds[i]))
         else:
             drawn = []
             if cfg.eta > 0:
@@ -503,7 +528,7 @@ class SteerEngine:
             if ev.result is not None:
                 req.results[ev.index] = ev.result
                 if req.add_to_pool and ev.result.finish_reason != "cancelled":
-                    self.pool.add([ev.result.text])  # later batches draw it as a negative
+                    req.pool.add([ev.result.text])  # later batches draw it as a negative
         for k in {id(owners[k]): k for k, _ in events}.values():
             req = owners[k]
             if req.future.done():

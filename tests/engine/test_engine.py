@@ -299,3 +299,16 @@ def test_logits_processor_in_generate_matches_engine(tiny_tok):
     )
     assert out[0, ids.shape[1] :].tolist() == want.token_ids[: out.shape[1] - ids.shape[1]]
     engine.close()
+
+
+def test_per_prompt_seeds_and_per_call_pool(tiny_engine):
+    a = tiny_engine.generate(PROMPTS[:2], negatives=[["x"]] * 2, seeds=[40, 7])
+    b = tiny_engine.generate([PROMPTS[1]], negatives=[["x"]], seed=7)
+    assert a[1].token_ids == b[0].token_ids and a[1].seed == 7 and a[0].seed == 40
+    with pytest.raises(ValueError, match="`seeds`"):
+        tiny_engine.generate(PROMPTS[:2], seeds=[1])
+    own = NegativePool(["alpha beta", "gamma delta", "epsilon zeta"])
+    before = len(tiny_engine.pool)
+    r = tiny_engine.generate([PROMPTS[0]], pool=own, num_negatives=2, seed=1)[0]
+    assert set(r.negatives_used) <= {"alpha beta", "gamma delta", "epsilon zeta"}
+    assert len(own) == 3 + bool(r.text.strip()) and len(tiny_engine.pool) == before
