@@ -9,18 +9,12 @@ its own seed, so a result never depends on which other prompts shared its batch.
 from __future__ import annotations
 
 import asyncio
-import atexit
-import os
 import queue
 import random
 import secrets
-import threading
 import time
 import warnings
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,38 +22,13 @@ import torch
 from .config import SteerConfig
 from .decode import PromptJob, SteerResult, StreamEvent, run_decode
 from .negatives import NegativePool, fit_negatives
+from .scheduler import Request, Scheduler
 from .sources import DEFAULT_MODEL, LoadedModels, context_window, load_models
 from .stopping import eos_token_ids
 
 __all__ = ["SteerEngine", "DEFAULT_MODEL"]
 
-_IDLE_S = 2.0  # the worker thread exits after this long without requests (and restarts on demand)
-_LIVE_ENGINES: weakref.WeakSet = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all() -> None:
-    for engine in list(_LIVE_ENGINES):
-        engine.close()
-
-
 Negatives = Sequence[Sequence[str]] | None
-
-
-@dataclass
-class _Request:
-    prompts: list[str]
-    config: SteerConfig
-    seeds: list[int]
-    negatives: Negatives
-    return_scores: bool
-    add_to_pool: bool
-    pool: NegativePool
-    sink: Callable[[list[StreamEvent]], None] | None = None
-    future: Future = field(default_factory=Future)
-    cancelled: bool = False
-    results: dict[int, SteerResult] = field(default_factory=dict)
-    taken: set[int] = field(default_factory=set)
 
 
 class SteerEngine:
@@ -118,18 +87,13 @@ class SteerEngine:
         self.tokenizer = self.models.tokenizer
         self.pool = pool if isinstance(pool, NegativePool) else NegativePool(pool or ())
         self.peft_mode = peft_mode
-        self.max_batch_size = max_batch_size
-        self.coalesce_s = coalesce_ms / 1000
         self.context_window = context_window(self.models.expert)
         self.min_forward_rows = min_forward_rows or (4 if self.device.type == "cpu" else 1)
         self._eos = frozenset(eos_token_ids(self.tokenizer, self.models.expert))
         self._pad_id = self._pick_pad_id()
-        self._lock = threading.Condition()
-        self._pending: list[_Request] = []
-        self._worker: threading.Thread | None = None
-        self._worker_pid = -1
-        self._closed = False
-        self._start_lock = threading.Lock()
+        self._scheduler = Scheduler(
+            self._prepare_job, self._decode, max_batch_size=max_batch_size, coalesce_s=coalesce_ms / 1000
+        )
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ public API
@@ -325,7 +289,7 @@ class SteerEngine:
         add_to_pool: bool | None,
         seeds: Sequence[int] | None,
         pool: NegativePool | None,
-    ) -> _Request:
+    ) -> Request:
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
             raise TypeError(
                 f"`prompts` must be a list of strings, got {type(prompts).__name__}: wrap one prompt in a list"
@@ -361,7 +325,7 @@ class SteerEngine:
         pool = pool if pool is not None else self.pool
         if add_to_pool is None:
             add_to_pool = negatives is None and pool.num_real > 0
-        req = _Request(
+        req = Request(
             prompts=list(prompts),
             config=cfg,
             seeds=seeds,
@@ -371,10 +335,9 @@ class SteerEngine:
             add_to_pool=add_to_pool,
             sink=sink,
         )
-        self._enqueue(req)
-        return req
+        return self._scheduler.submit(req)
 
-    def _prepare_job(self, req: _Request, i: int) -> PromptJob:
+    def _prepare_job(self, req: Request, i: int) -> PromptJob:
         cfg, tok = req.config, self.tokenizer
         limit = self.context_window - cfg.max_new_tokens
         if limit < 1:
@@ -425,115 +388,30 @@ class SteerEngine:
             index=i,
         )
 
-    # ------------------------------------------------------------------ the worker
-    def _enqueue(self, req: _Request) -> None:
-        """Queue `req` and make sure a worker serves it (the worker only exits, under the same lock,
-        when nothing is pending, so a request can never be left unserved)."""
-        with self._start_lock:
-            if self._worker_pid != os.getpid():  # fresh state after a fork (datasets num_proc)
-                self._lock = threading.Condition()
-                self._pending = []
-                self._worker = None
-                self._worker_pid = os.getpid()
-            with self._lock:
-                self._closed = False
-                self._pending.append(req)
-                self._lock.notify_all()
-                if self._worker is None or not self._worker.is_alive():
-                    self._worker = threading.Thread(target=self._serve, name="steer-engine", daemon=True)
-                    self._worker.start()
-                    _LIVE_ENGINES.add(self)
+    def _decode(self, jobs: list[PromptJob], cancelled: Callable[[int], bool]):
+        return run_decode(
+            self.models,
+            jobs,
+            pad_id=self._pad_id,
+            peft_mode=self.peft_mode,
+            min_rows=self.min_forward_rows,
+            cancelled=cancelled,
+        )
+
+    @property
+    def coalesce_s(self) -> float:
+        """Seconds the worker waits for concurrent calls to join a batch."""
+        return self._scheduler.coalesce_s
+
+    @coalesce_s.setter
+    def coalesce_s(self, value: float) -> None:
+        self._scheduler.coalesce_s = value
+
+    @property
+    def max_batch_size(self) -> int:
+        """Most prompts decoded together."""
+        return self._scheduler.max_batch_size
 
     def close(self) -> None:
         """Stop the worker thread (it also stops by itself after a short idle time)."""
-        with self._lock:
-            self._closed = True
-            self._lock.notify_all()
-        worker = self._worker
-        if worker is not None and worker.is_alive() and worker is not threading.current_thread():
-            worker.join(timeout=5)
-
-    def _take_batch(self) -> list[tuple[_Request, list[int]]] | None:
-        """Wait for requests, give latecomers `coalesce_s` to join, then take up to max_batch_size prompts.
-
-        Returns None when the worker should exit (closed, or idle for `_IDLE_S`).
-        """
-        with self._lock:
-            idle_until = time.monotonic() + _IDLE_S
-            while not self._pending:
-                left = idle_until - time.monotonic()
-                if self._closed or left <= 0:
-                    self._worker = None
-                    return None
-                self._lock.wait(left)
-            deadline = time.monotonic() + self.coalesce_s
-            while sum(len(r.prompts) - len(r.results) for r in self._pending) < self.max_batch_size:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._lock.wait(left)
-            batch: list[tuple[_Request, list[int]]] = []
-            room = self.max_batch_size
-            for req in self._pending:
-                if req.future.done():
-                    continue
-                take = [i for i in range(len(req.prompts)) if i not in req.taken][:room]
-                if take:
-                    batch.append((req, take))
-                    req.taken.update(take)
-                    room -= len(take)
-                if room == 0:
-                    break
-            self._pending = [
-                r for r in self._pending if len(r.taken) < len(r.prompts) and not r.future.done()
-            ]
-            return batch
-
-    def _serve(self) -> None:
-        while (batch := self._take_batch()) is not None:
-            jobs: list[PromptJob] = []
-            owners: list[_Request] = []
-            for req, indices in batch:
-                try:
-                    prepared = [self._prepare_job(req, i) for i in indices]
-                except Exception as err:  # bad input of one request fails that request only
-                    req.future.set_exception(err)
-                    req.cancelled = True
-                    continue
-                jobs += prepared
-                owners += [req] * len(prepared)
-            if not jobs:
-                continue
-            try:
-                for events in run_decode(
-                    self.models,
-                    jobs,
-                    pad_id=self._pad_id,
-                    peft_mode=self.peft_mode,
-                    cancelled=lambda k, owners=owners: owners[k].cancelled,
-                ):
-                    self._route(events, owners)
-            except Exception as err:
-                for req in {id(r): r for r in owners}.values():
-                    if not req.future.done():
-                        req.future.set_exception(err)
-
-    def _route(self, events: list[tuple[int, StreamEvent]], owners: list[_Request]) -> None:
-        by_req: dict[int, list[StreamEvent]] = {}
-        for k, ev in events:
-            req = owners[k]
-            if req.future.done():
-                continue
-            by_req.setdefault(id(req), []).append(ev)
-            if ev.result is not None:
-                req.results[ev.index] = ev.result
-                if req.add_to_pool and ev.result.finish_reason != "cancelled":
-                    req.pool.add([ev.result.text])  # later batches draw it as a negative
-        for k in {id(owners[k]): k for k, _ in events}.values():
-            req = owners[k]
-            if req.future.done():
-                continue
-            if req.sink is not None and id(req) in by_req:
-                req.sink(by_req[id(req)])
-            if len(req.results) == len(req.prompts):
-                req.future.set_result([req.results[i] for i in range(len(req.prompts))])
+        self._scheduler.close()
