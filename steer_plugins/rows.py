@@ -38,6 +38,36 @@ def _select_cache(cache, keep: torch.Tensor) -> None:
             tensors[i] = t.index_select(0, keep)
 
 
+def _length_buckets(lengths: Sequence[int], ratio: float = 0.6) -> list[list[int]]:
+    """Group row indices by length: sorted longest first, a new bucket starts when a row is shorter
+    than `ratio` times its bucket's longest row."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets and lengths[i] >= ratio * lengths[buckets[-1][0]]:
+            buckets[-1].append(i)
+        else:
+            buckets.append([i])
+    return buckets
+
+
+def _layer_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """(keys, values) per layer of a plain dynamic cache, or None for any other kind."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        if any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+            return None
+        return [(layer.keys, layer.values) for layer in layers]
+    if hasattr(cache, "key_cache"):  # transformers 4.x
+        return list(zip(cache.key_cache, cache.value_cache, strict=True))
+    return None
+
+
+def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Zero-pad a `(batch, heads, seq, dim)` tensor on the left of the sequence axis."""
+    return t if n == 0 else torch.nn.functional.pad(t, (0, 0, n, 0))
+
+
 class RowBatch:
     """Rows decoded together through one model, each with its own context and KV cache row.
 
@@ -90,36 +120,81 @@ class RowBatch:
         }
         if self._keep_kw:
             kwargs["logits_to_keep"] = 1
-        if self.adapter_names is not None and len(set(self.adapter_names)) > 1:
+        names = set(self.adapter_names or ())
+        if len(names) > 1:
             kwargs["adapter_names"] = self.adapter_names
-        ctx = self.model.disable_adapter() if self.disable_adapter else contextlib.nullcontext()
+        base_only = self.disable_adapter or names == {"__base__"}
+        ctx = self.model.disable_adapter() if base_only else contextlib.nullcontext()
         with torch.inference_mode(), ctx:
             out = self.model(**kwargs)
         self.cache = getattr(out, "cache", None) or out.past_key_values
         return out.logits[:, -1, :].float().log_softmax(-1)
 
     def prefill(self, contexts: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Run every row's whole context (left-padded); returns `(rows, vocab)` next-token log-probs."""
+        """Run every row's whole context; returns `(rows, vocab)` next-token log-probs.
+
+        The rows end up left-padded to the longest context. Rows of very different lengths (short
+        prompts beside long negative contexts) are prefilled in length buckets, each padded only to
+        its own longest row, and their caches are then merged, so padding costs no compute.
+        """
         if self.adapter_names is not None and len(self.adapter_names) != len(contexts):
             raise ValueError(f"{len(self.adapter_names)} adapter names for {len(contexts)} rows")
         self.num_real = len(contexts)
         extra = self._padding(len(contexts))
-        contexts = list(contexts) + [contexts[-1]] * extra
+        contexts = [list(c) for c in contexts] + [list(contexts[-1])] * extra
         if self.adapter_names is not None:
             self.adapter_names += [self.adapter_names[-1]] * extra
-        width = max(len(c) for c in contexts)
+        ids, mask = self._left_pad(contexts, max(len(c) for c in contexts))
+        self.attention_mask = mask
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.positions = position_ids[:, -1]
+        buckets = _length_buckets([len(c) for c in contexts])
+        if len(buckets) == 1:
+            self.cache = None
+            return self._forward(ids, position_ids)[: self.num_real]
+        return self._bucketed_prefill(contexts, buckets)[: self.num_real]
+
+    def _left_pad(self, contexts: Sequence[Sequence[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.full((len(contexts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(contexts), width), dtype=torch.long)
         for i, ctx in enumerate(contexts):
             if len(ctx):
                 ids[i, width - len(ctx) :] = torch.as_tensor(ctx, dtype=torch.long)
                 mask[i, width - len(ctx) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        self.attention_mask = mask
-        self.cache = None
-        self.positions = position_ids[:, -1]
-        return self._forward(ids, position_ids)[: self.num_real]
+        return ids.to(self.device), mask.to(self.device)
+
+    def _bucketed_prefill(self, contexts: list[list[int]], buckets: list[list[int]]) -> torch.Tensor:
+        width = self.attention_mask.shape[1]
+        full_mask, all_names = self.attention_mask, self.adapter_names
+        layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        logprobs, order = [], []
+        for rows in buckets:
+            sub = [contexts[i] for i in rows]
+            ids, mask = self._left_pad(sub, max(len(c) for c in sub))
+            self.attention_mask, self.cache = mask, None
+            if all_names is not None:
+                self.adapter_names = [all_names[i] for i in rows]
+            logprobs.append(self._forward(ids, (mask.cumsum(-1) - 1).clamp(min=0)))
+            kv = _layer_tensors(self.cache)
+            if kv is None:  # an unfamiliar cache type: fall back to one padded forward
+                self.attention_mask, self.adapter_names, self.cache = full_mask, all_names, None
+                ids, _ = self._left_pad(contexts, width)
+                return self._forward(ids, (full_mask.cumsum(-1) - 1).clamp(min=0))
+            pad = width - ids.shape[1]
+            layers.append([(_pad_left(k, pad), _pad_left(v, pad)) for k, v in kv])
+            order += rows
+        from transformers import DynamicCache
+
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        inverse = inverse.to(self.device)
+        merged = DynamicCache()
+        for layer_idx in range(len(layers[0])):
+            keys = torch.cat([b[layer_idx][0] for b in layers]).index_select(0, inverse)
+            values = torch.cat([b[layer_idx][1] for b in layers]).index_select(0, inverse)
+            merged.update(keys, values, layer_idx)
+        self.cache, self.attention_mask, self.adapter_names = merged, full_mask, all_names
+        return torch.cat(logprobs).index_select(0, inverse)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row; returns `(rows, vocab)` next-token log-probs."""

@@ -212,3 +212,30 @@ def test_row_padding_changes_nothing_but_shape(tiny_tok):
     torch.testing.assert_close(plain.step(tokens[keep]), padded.step(tokens[keep]))
     padded.select(torch.tensor([1]))
     assert padded.attention_mask.shape[0] == 1  # one row takes the fast path unpadded
+
+
+def test_bucketed_prefill_equals_one_padded_forward(tiny_pair_models, monkeypatch):
+    import steer_plugins.rows as rows_mod
+
+    expert, _, tok = tiny_pair_models
+    contexts = [
+        tok(p).input_ids
+        for p in [
+            "Is",
+            "Does dark matter shape the rotation curves of dwarf galaxies? " * 3,
+            "Could",
+            "The quick brown fox jumps over the lazy dog.",
+        ]
+    ]
+    assert len(rows_mod._length_buckets([len(c) for c in contexts])) > 1
+    bucketed = RowBatch(expert, pad_id=0)
+    a = bucketed.prefill(contexts)
+    monkeypatch.setattr(rows_mod, "_length_buckets", lambda lengths: [list(range(len(lengths)))])
+    single = RowBatch(expert, pad_id=0)
+    b = single.prefill(contexts)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    tokens = a.argmax(-1)
+    for _ in range(3):
+        sa, sb = bucketed.step(tokens), single.step(tokens)
+        torch.testing.assert_close(sa, sb, atol=1e-5, rtol=1e-5)
+        tokens = sa.argmax(-1)
