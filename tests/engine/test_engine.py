@@ -312,3 +312,40 @@ def test_per_prompt_seeds_and_per_call_pool(tiny_engine):
     r = tiny_engine.generate([PROMPTS[0]], pool=own, num_negatives=2, seed=1)[0]
     assert set(r.negatives_used) <= {"alpha beta", "gamma delta", "epsilon zeta"}
     assert len(own) == 3 + bool(r.text.strip()) and len(tiny_engine.pool) == before
+
+
+def test_models_with_the_older_past_key_values_keyword(tiny_tok):
+    from transformers import LlamaForCausalLM
+
+    from steer_plugins.rows import forward_keywords
+
+    class OldStyle(LlamaForCausalLM):
+        def forward(
+            self,
+            input_ids=None,
+            attention_mask=None,
+            position_ids=None,
+            past_key_values=None,
+            use_cache=None,
+            **kwargs,
+        ):
+            out = super().forward(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=past_key_values,
+                use_cache=use_cache,
+            )
+            out.past_key_values = out.cache
+            return out
+
+    new = tiny_model("llama", tiny_tok, seed=1)
+    old = OldStyle(new.config).eval()
+    old.load_state_dict(new.state_dict())
+    assert forward_keywords(old) == ("past_key_values", False)
+    runs = []
+    for model in (new, old):
+        engine = SteerEngine(model, tokenizer=tiny_tok, config=SteerConfig(max_new_tokens=5))
+        runs.append(engine.generate(PROMPTS[:2], negatives=[["x y"], ["z"]], seed=3))
+        engine.close()
+    assert [r.token_ids for r in runs[0]] == [r.token_ids for r in runs[1]]
