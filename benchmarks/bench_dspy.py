@@ -108,23 +108,22 @@ def thread_study(lm: dspy.LM, m: int, max_tokens: int) -> list[dict]:
         for i in range(m)
     ]
     rows = []
-    with dspy.context(lm=lm, adapter=FieldByFieldAdapter(), track_usage=True):
-        with dspy.track_usage() as serial_usage:
-            t0 = time.perf_counter()
-            serial = [program(**kw) for kw in inputs]
-            t_serial = time.perf_counter() - t0
-        with dspy.track_usage() as par_usage:
-            t0 = time.perf_counter()
-            parallel = dspy.Parallel(num_threads=8, disable_progress_bar=True)(
-                [(program, kw) for kw in inputs]
-            )
-            t_par = time.perf_counter() - t0
+    with dspy.context(lm=lm, adapter=FieldByFieldAdapter()):
+        start = len(lm.history)
+        t0 = time.perf_counter()
+        serial = [program(**kw) for kw in inputs]
+        t_serial = time.perf_counter() - t0
+        serial_tokens = _completion_tokens(lm.history[start:])
+        start = len(lm.history)
+        t0 = time.perf_counter()
+        parallel = dspy.Parallel(num_threads=8, disable_progress_bar=True)([(program, kw) for kw in inputs])
+        t_par = time.perf_counter() - t0
+        par_tokens = _completion_tokens(lm.history[start:])
     same = [(p.question, p.answer) for p in serial] == [(p.question, p.answer) for p in parallel]
-    for name, secs, usage in (
-        ("serial loop", t_serial, serial_usage),
-        ("dspy.Parallel, 8 threads", t_par, par_usage),
+    for name, secs, tokens in (
+        ("serial loop", t_serial, serial_tokens),
+        ("dspy.Parallel, 8 threads", t_par, par_tokens),
     ):
-        tokens = sum(u.get("completion_tokens", 0) for u in usage.get_total_tokens().values())
         rows.append(
             {
                 "mode": name,
@@ -137,6 +136,11 @@ def thread_study(lm: dspy.LM, m: int, max_tokens: int) -> list[dict]:
             }
         )
     return rows
+
+
+def _completion_tokens(entries: list[dict]) -> int:
+    # lm.history entries of this LM (shared by every thread); track_usage does not follow dspy.Parallel threads
+    return sum((e.get("usage") or {}).get("completion_tokens", 0) for e in entries)
 
 
 def print_table(rows: list[dict]) -> None:
