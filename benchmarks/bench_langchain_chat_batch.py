@@ -5,7 +5,7 @@ gathers them into one engine batch. Rows: a loop of invokes (8 engine batches of
 plain thread-pool batch (`Runnable.batch`, relying on the engine's 5 ms coalescing window only),
 and `ChatSteer.batch`. Fixed seed, sampling defaults, one warmup; EOS may end outputs early, so compare tok/s too.
 
-    HF_HUB_OFFLINE=1 python benchmarks/bench_langchain_chat_batch.py [--trials 1] [--max-new-tokens 32]
+    HF_HUB_OFFLINE=1 python benchmarks/bench_langchain_chat_batch.py [--trials 1] [--max-new-tokens 24]
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ POOL = [
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=1)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument(
+        "--only", choices=["loop", "threads", "gathered"], action="append", help="run these rows only"
+    )
+    ap.add_argument("--max-new-tokens", type=int, default=24)
     args = ap.parse_args()
 
     engine = SteerEngine(DEFAULT_MODEL, pool=POOL)
@@ -46,6 +49,9 @@ def main() -> None:
         "Runnable.batch (thread pool only)": lambda: Runnable.batch(chat, inputs),
         "ChatSteer.batch (gathered)": lambda: chat.batch(inputs),
     }
+    keys = dict(zip(["loop", "threads", "gathered"], runs, strict=True))
+    if args.only:
+        runs = {keys[k]: runs[keys[k]] for k in args.only}
     rows = []
     for name, fn in runs.items():
         times, tokens = [], 0
@@ -55,6 +61,7 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
             tokens = sum(o.usage_metadata["output_tokens"] for o in outs)
         rows.append((name, sum(times) / len(times), tokens))
+        print(f"  {name}: {rows[-1][1]:.2f}s, {tokens} output tokens", flush=True)
     base = rows[0][1]
     print(f"\n8 inputs, max_new_tokens={args.max_new_tokens}, model={engine.name}, trials={args.trials}")
     print(f"{'run':36} {'wall s':>8} {'out tok':>8} {'tok/s':>7} {'speedup':>8}")

@@ -6,7 +6,8 @@ fail). The model is `SteerLLM`: the only line that differs from a `HuggingFacePi
 The seed records also seed the negative pool, so each output is steered away from K of them
 (and from earlier outputs, as the STEER paper does).
 
-Runs offline on the embedded SmolLM2-135M-Instruct, in about 1-2 minutes on 2 CPU cores:
+Runs offline on the embedded SmolLM2-135M-Instruct: meant to take 1-2 minutes on 2 idle CPU cores
+(measured: 4m50s on a 2-core machine shared with other jobs, load average ~10; 8/8 valid records):
 
     HF_HUB_OFFLINE=1 python examples/langchain_synthetic_data.py
 
