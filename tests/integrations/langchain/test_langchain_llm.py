@@ -227,8 +227,10 @@ def test_bad_input_errors(tiny_engine, llm):
 @pytest.mark.slow
 def test_real_model_chains(real_engine):
     llm = SteerLLM(engine=real_engine, eta=0.0, max_new_tokens=24, seed=0)
-    out = (PROMPT | llm | StrOutputParser()).invoke({"topic": "stars"}, stop=["\n"])
-    assert out.strip() and "\n" not in out
+    out = (PROMPT | llm.bind(stop=[","]) | StrOutputParser()).invoke(
+        {"topic": "stars"}
+    )  # LCEL: stop via bind
+    assert out.strip() and "," not in out
     chat = ChatSteer(engine=real_engine, eta=0.0, max_new_tokens=24, seed=0)
     msg = chat.invoke([("system", "You write one short question."), ("user", "A question about comets.")])
     assert msg.content.strip() and msg.usage_metadata["output_tokens"] <= 24
