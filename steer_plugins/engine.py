@@ -49,6 +49,8 @@ class SteerEngine:
         max_batch_size: most prompts decoded together; larger requests run in chunks, each
             chunk drawing negatives from the pool as it stands (so earlier outputs count).
         coalesce_ms: how long the worker waits for concurrent calls to join a batch.
+        name: a stable identity for cache keys (models given as objects are otherwise named by their
+            config path plus their id in memory, which differs between processes).
         min_forward_rows: run forwards of 2-3 rows as 4 (default on CPU, where MKL's small-GEMM kernel
             makes 2-3 rows slower than 4; see benchmarks/bench_speed.py); 1 turns padding off.
 
@@ -73,6 +75,7 @@ class SteerEngine:
         max_batch_size: int = 32,
         coalesce_ms: float = 5.0,
         min_forward_rows: int | None = None,
+        name: str | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"`max_batch_size` must be >= 1, got {max_batch_size}")
@@ -85,6 +88,7 @@ class SteerEngine:
             expert, base, tokenizer, device=device, dtype=dtype, trust_remote_code=trust_remote_code
         )
         self.tokenizer = self.models.tokenizer
+        self._name = name
         self.pool = pool if isinstance(pool, NegativePool) else NegativePool(pool or ())
         self.peft_mode = peft_mode
         self.context_window = context_window(self.models.expert)
@@ -99,8 +103,8 @@ class SteerEngine:
     # ------------------------------------------------------------------ public API
     @property
     def name(self) -> str:
-        """A readable identity of the expert/base pair."""
-        return self.models.name
+        """A readable identity of the expert/base pair (`name=` if given: stable across processes)."""
+        return self._name or self.models.name
 
     @property
     def device(self) -> torch.device:
@@ -118,9 +122,16 @@ class SteerEngine:
         return len(self.tokenizer(text).input_ids)
 
     def apply_chat_template(
-        self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
     ) -> str:
         """Render chat `messages` (`{"role", "content"}` dicts) with the tokenizer's chat template.
+
+        `continue_final_message=True` leaves a final assistant message open, so generation continues
+        it (a prefill); it implies `add_generation_prompt=False`.
 
         Raises:
             ValueError: no chat template, or a role the template cannot render.
@@ -138,7 +149,10 @@ class SteerEngine:
                 raise TypeError(f"message #{i} must be a dict with str `role` and `content`, got {m!r}")
         try:
             return self.tokenizer.apply_chat_template(
-                list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+                list(messages),
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt and not continue_final_message,
+                continue_final_message=continue_final_message,
             )
         except Exception as err:  # jinja2 TemplateError and raise_exception() both land here
             roles = sorted({m["role"] for m in messages})

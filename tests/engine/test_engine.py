@@ -349,3 +349,16 @@ def test_models_with_the_older_past_key_values_keyword(tiny_tok):
         runs.append(engine.generate(PROMPTS[:2], negatives=[["x y"], ["z"]], seed=3))
         engine.close()
     assert [r.token_ids for r in runs[0]] == [r.token_ids for r in runs[1]]
+
+
+def test_chat_template_prefill_and_stable_name(tiny_tok):
+    engine = SteerEngine(tiny_model("llama", tiny_tok, seed=1), tokenizer=tiny_tok, name="tiny-llama")
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Is the"}]
+    text = engine.apply_chat_template(msgs, continue_final_message=True)
+    assert text.endswith("Is the")
+    assert engine.apply_chat_template(msgs[:1]).endswith("<s>assistant\n")
+    with pytest.raises(ValueError, match="roles"):
+        engine.apply_chat_template([{"role": "tool", "content": "x"}])
+    assert engine.name == "tiny-llama"
+    assert engine.fingerprint() == engine.fingerprint() != engine.fingerprint(gamma=0.9)
+    engine.close()
