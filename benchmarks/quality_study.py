@@ -41,18 +41,22 @@ SEED = 0
 
 
 def _methods(gammas, etas, alpha_eta):
-    """(name, model, overrides): model "expert" (LoRA over the base) or "base" (plain SmolLM2)."""
+    """(name, model, overrides, group): model "expert" (LoRA over the base) or "base" (plain SmolLM2).
+
+    Group "main" is generated with `--n` samples, group "ablation" (grid, head mask) with
+    `--n-ablation`; each group is scored at its own common sample size.
+    """
     out = [
-        ("steer (γ0.2 η0.6)", "expert", {"gamma": 0.2, "eta": 0.6}),
-        ("expert top-k 10", "expert", {"gamma": 0.0, "eta": 0.0}),
-        ("expert top-p 0.92", "expert", {"gamma": 0.0, "eta": 0.0, "top_k": None, "top_p": 0.92}),
-        ("base top-k 10", "base", {"gamma": 0.0, "eta": 0.0}),
-        (f"steer η{alpha_eta:g} (no mask)", "expert", {"gamma": 0.2, "eta": alpha_eta}),
-        (f"steer η{alpha_eta:g} α0.1", "expert", {"gamma": 0.2, "eta": alpha_eta, "alpha": 0.1}),
+        ("steer (γ0.2 η0.6)", "expert", {"gamma": 0.2, "eta": 0.6}, "main"),
+        ("expert top-k 10", "expert", {"gamma": 0.0, "eta": 0.0}, "main"),
+        ("expert top-p 0.92", "expert", {"gamma": 0.0, "eta": 0.0, "top_k": None, "top_p": 0.92}, "main"),
+        ("base top-k 10", "base", {"gamma": 0.0, "eta": 0.0}, "main"),
+        (f"steer η{alpha_eta:g} (no mask)", "expert", {"gamma": 0.2, "eta": alpha_eta}, "ablation"),
+        (f"steer η{alpha_eta:g} α0.1", "expert", {"gamma": 0.2, "eta": alpha_eta, "alpha": 0.1}, "ablation"),
     ]
     for g in gammas:
         for e in etas:
-            out.append((f"grid γ{g:g} η{e:g}", "expert", {"gamma": g, "eta": e}))
+            out.append((f"grid γ{g:g} η{e:g}", "expert", {"gamma": g, "eta": e}, "ablation"))
     return out
 
 
@@ -125,14 +129,17 @@ def run(args) -> None:
     engines = {}
     gens = meta.setdefault("generation", {})
     methods = _methods(args.gammas, args.etas, args.alpha_eta)
-    for name, which, overrides in methods:
+    for name, which, overrides, group in methods:
         path = out / "samples" / f"{_slug(name)}.jsonl"
+        n = args.n if group == "main" else args.n_ablation
         if which not in engines:
             spec = str(expert_dir) if which == "expert" else "smollm2-135m-instruct"
-            engines[which] = SteerEngine(spec, config=cfg, max_batch_size=args.n)
+            engines[which] = SteerEngine(spec, config=cfg, max_batch_size=max(args.n, args.n_ablation))
         engine = engines[which]
         engine.pool = NegativePool(train, seed=SEED)  # every method starts from the same real pool
-        stats = generate_to_file(engine, prompt, args.n, path, close_with="?", seed=SEED, **overrides)
+        stats = generate_to_file(
+            engine, prompt, n, path, close_with="?", seed=SEED, chunk_size=n, **overrides
+        )
         if stats.generated:
             gens[name] = {**stats.to_dict(), "overrides": overrides, "model": which}
         log(f"{name}: {stats.generated} new rows, {stats.tokens_per_s:.1f} tok/s, {stats.seconds:.0f} s")
@@ -143,10 +150,15 @@ def run(args) -> None:
     # --- 3. evaluation
     from steer_plugins.eval import evaluate
 
-    synth = {name: read_texts(out / "samples" / f"{_slug(name)}.jsonl") for name, _, _ in methods}
+    synth = {name: read_texts(out / "samples" / f"{_slug(name)}.jsonl") for name, *_ in methods}
+    groups = {g: [m[0] for m in methods if m[3] == g] for g in ("main", "ablation")}
+    groups["ablation"].insert(0, methods[0][0])  # the paper default, subsampled to the ablation size
     log("evaluating", len(synth), "sets against", len(ref), "reference examples")
     t0 = time.perf_counter()
-    meta["results"] = evaluate(synth, ref, seed=SEED, reference_name="real (held-out)")
+    meta["results"] = {
+        group: evaluate({k: synth[k] for k in names}, ref, seed=SEED, reference_name="real (held-out)")
+        for group, names in groups.items()
+    }
     meta["eval_seconds"] = round(time.perf_counter() - t0, 1)
     meta["examples"] = {name: synth[name][:4] for name in synth}
     results_path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
@@ -155,48 +167,50 @@ def run(args) -> None:
 
 
 def report(args) -> None:
-    """Table (markdown) + heat maps + Pareto plot from results.json."""
+    """Markdown tables (one per group) + heat maps + Pareto plot, from results.json."""
     from steer_plugins.eval import METRICS
-    from steer_plugins.sweep import HIGHER_IS_BETTER, plot_heatmaps, plot_pareto
+    from steer_plugins.sweep import plot_heatmaps, plot_pareto
 
     out = Path(args.out)
     meta = json.loads((out / "results.json").read_text())
-    res = meta["results"]
+    gen = meta.get("generation", {})
     cols = ["sample_size", *METRICS]
-    lines = ["| method | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
-    for name, row in res.items():
-        cells = [str(row.get(c, "-")) if c == "sample_size" else _fmt(row.get(c)) for c in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
+    parts = []
+    for group, res in meta["results"].items():
+        lines = [
+            f"**{group}** (n = {next(iter(res.values()))['sample_size']} per set)",
+            "",
+            "| method | " + " | ".join(cols) + " | gen tok/s |",
+            "|" + "---|" * (len(cols) + 2),
+        ]
+        for name, row in res.items():
+            cells = [str(row.get(c, "-")) if c == "sample_size" else _fmt(row.get(c)) for c in cols]
+            speed = gen.get(name, {}).get("tokens_per_s")
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {'-' if speed is None else speed} |")
+        parts.append("\n".join(lines))
+    table = "\n\n".join(parts)
     (out / "table.md").write_text(table + "\n")
     print(table)
 
-    img = Path(args.img)
+    img = Path(args.img) / "quality_study"
+    res = meta["results"]["ablation"]
     grid = {}
     for name, row in res.items():
         if name.startswith("grid "):
             g, e = name.split()[1:3]
             grid[(float(g[1:]), float(e[1:]))] = row
-    gammas = sorted({k[0] for k in grid})
-    etas = sorted({k[1] for k in grid})
+    gammas, etas = sorted({k[0] for k in grid}), sorted({k[1] for k in grid})
     if grid:
-        paths = plot_heatmaps(
-            grid, gammas, etas, img / "quality_study", ["adversarial_auroc", "normalised_3grams", "mauve",
-                                                       "cosine_centroid", "vendi"],
-            title_prefix="γ×η: ",
-        )  # fmt: skip
+        metrics = ["adversarial_auroc", "normalised_3grams", "mauve", "cosine_centroid", "vendi"]
+        paths = plot_heatmaps(grid, gammas, etas, img, metrics, title_prefix="astro: ")
         print("heat maps:", *map(str, paths))
-    sign = {m: 1 if HIGHER_IS_BETTER[m] else -1 for m in METRICS}
     points = [
         (name.replace("grid ", ""), row["normalised_3grams"], row["cosine_centroid"])
         for name, row in res.items()
         if "cosine_centroid" in row and "real" not in name
     ]
-    del sign
-    pareto = plot_pareto(
-        points, img / "quality_study" / "pareto.png", title="astro hypotheses: diversity vs fidelity"
-    )
-    print("pareto:", pareto)
+    title = f"astro hypotheses, n={next(iter(res.values()))['sample_size']}: diversity vs fidelity"
+    print("pareto:", plot_pareto(points, img / "pareto.png", title=title))
 
 
 def _fmt(v) -> str:
@@ -208,7 +222,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--img", type=Path, default=DEFAULT_IMG)
-    p.add_argument("--n", type=int, default=16, help="samples per method")
+    p.add_argument("--n", type=int, default=32, help="samples per method (main comparison)")
+    p.add_argument("--n-ablation", type=int, default=16, help="samples per grid / head-mask cell")
     p.add_argument("--n-ref", type=int, default=200, help="held-out reference split size")
     p.add_argument("--n-dev", type=int, default=20, help="dev split (adapter perplexity)")
     p.add_argument("--steps", type=int, default=30, help="LoRA steps (batch 8)")

@@ -26,6 +26,7 @@ DEFAULT_EXPERT = str(ASSETS / "adapters" / "hypotheses-lora")
 DEFAULT_SEED_SET = str(ASSETS / "seed_hypotheses.jsonl")
 DEMO_N = 8
 DEMO_MAX_NEW_TOKENS = 32
+DEMO_THREADS = 1
 
 RUN_KEYS: dict[str, str] = {
     "expert": "expert model: PEFT adapter folder, HF folder, .gguf, or 'smollm2-135m-instruct'",
@@ -272,7 +273,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     settings, fields = _settings(args, _load_config_file(args.config))
     if settings.get("prompted_expert"):
+        # zero-training expert: the plain base model, its in-context examples double as the pool
         fields = {**fields, **PROMPTED_OVERRIDES}
+        settings.setdefault("expert", "smollm2-135m-instruct")
+        settings.setdefault("pool", settings["prompted_expert"])
     if not settings.get("out"):
         raise CLIError("no output file: pass --out FILE.jsonl (or `out:` in the config file)")
     n = int(settings.get("n") or 0)
@@ -544,7 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n", type=int, default=DEMO_N, help=f"hypotheses per method (default {DEMO_N})")
     d.add_argument("--max-new-tokens", type=int, default=DEMO_MAX_NEW_TOKENS)
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--threads", type=int, help="torch CPU threads")
+    d.add_argument(
+        "--threads", type=int, default=DEMO_THREADS,
+        help=f"torch CPU threads (default {DEMO_THREADS}: fastest when the cores are shared; try 2+ on an idle machine)",
+    )  # fmt: skip
     d.add_argument("--no-embeddings", action="store_true", help="skip the MiniLM cosine metrics")
     d.set_defaults(func=cmd_demo)
 

@@ -111,6 +111,7 @@ def generate_to_file(
     progress: bool = False,
     extra_fields: Mapping[str, Any] | None = None,
     on_chunk: Callable[[GenerationStats], None] | None = None,
+    pool: Any = None,
     **overrides: Any,
 ) -> GenerationStats:
     """Generate `n` rows from `prompt` into `out` (`.jsonl` or `.parquet`), resuming if rows exist.
@@ -125,6 +126,7 @@ def generate_to_file(
         progress: show the engine's tqdm bar (prompts, tokens/s) per chunk.
         extra_fields: constant fields added to every row (e.g. the method name).
         on_chunk: called after each chunk is written, with the running stats.
+        pool: a `NegativePool` to draw negatives from (and grow) instead of `engine.pool`.
         **overrides: `SteerConfig` fields for every call. With a seed (`seed=s` here or in the
             engine's config) row i gets seed s + i, so a resumed run draws the seeds it would have.
 
@@ -155,7 +157,9 @@ def generate_to_file(
             f"{jsonl}, line {bad[0]}: existing row has no string `text`; not a steer output"
         )
     if existing:  # the paper's loop: earlier outputs are negatives for later ones
-        engine.pool.add([row["text"] for row in existing])
+        (engine.pool if pool is None else pool).add([row["text"] for row in existing])
+    if pool is not None:
+        overrides["pool"] = pool
     skipped = min(len(existing), n)
     done, tokens, started = skipped, 0, time.perf_counter()
     base_seed = overrides.pop("seed", None)

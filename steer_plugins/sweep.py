@@ -187,7 +187,9 @@ def run_sweep(
     Each cell starts from the engine's pool as it was when the sweep began (real examples), so
     cells do not see each other's outputs as negatives. Cells already on disk are resumed.
     """
+    from .data_io import read_texts
     from .eval import METRICS, evaluate
+    from .negatives import NegativePool
 
     if not reference:
         raise ValueError("`reference` is empty: pass at least one real example to compare against")
@@ -206,16 +208,14 @@ def run_sweep(
     for g in gammas:
         for e in etas:
             name = cell_name(g, e)
-            engine.pool = type(engine.pool)(start_pool[:num_real], seed=seed)
-            engine.pool.add(start_pool[num_real:])
+            pool = NegativePool(start_pool[:num_real], seed=seed)
+            pool.add(start_pool[num_real:])
             path = out_dir / f"{name}.jsonl"
             stats = generate_to_file(
-                engine, prompt, n, path, gamma=g, eta=e, seed=seed, close_with=close_with,
+                engine, prompt, n, path, pool=pool, gamma=g, eta=e, seed=seed, close_with=close_with,
                 progress=progress, **overrides,
             )  # fmt: skip
             gen_stats[name] = stats.to_dict()
-            from .data_io import read_texts
-
             texts[name] = read_texts(path)
     scores = evaluate(texts, list(reference), metrics=chosen, seed=seed)
     grid = {(g, e): scores[cell_name(g, e)] for g in gammas for e in etas}
