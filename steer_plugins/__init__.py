@@ -6,12 +6,14 @@ from .decode import SteerResult, StreamEvent
 from .engine import SteerEngine
 from .negatives import NegativePool
 from .sampling import make_sampler
+from .scheduler import EngineStats
 from .sources import DEFAULT_MODEL, load_model, load_models
 
 __all__ = [
     "DEFAULT_MODEL",
     "PRESETS",
     "BranchWeights",
+    "EngineStats",
     "NegativePool",
     "SteerConfig",
     "SteerEngine",

@@ -15,7 +15,7 @@ import torch
 
 from .combine import combine, guard_non_finite
 from .config import SteerConfig
-from .rows import RowBatch
+from .rows import RowBatch, UnmergeableCache
 from .sampling import Sampler, make_sampler
 from .sources import LoadedModels
 from .stopping import TextTracker
@@ -154,12 +154,18 @@ class _Group:
 
 
 def _build_groups(
-    models: LoadedModels, jobs: Sequence[PromptJob], pad_id: int, peft_mode: str, min_rows: int = 1
+    models: LoadedModels,
+    jobs: Sequence[PromptJob],
+    pad_id: int,
+    peft_mode: str,
+    min_rows: int = 1,
+    first_index: int = 0,
 ) -> list[_Group]:
+    """Plan the rows of `jobs` (numbered from `first_index`) and group them into RowBatches."""
     base_is_expert = models.base is models.expert
     expert_rows: list[_Row] = []
     base_rows: list[_Row] = []
-    for i, job in enumerate(jobs):
+    for i, job in enumerate(jobs, start=first_index):
         e, b = _plan_rows(i, job, base_is_expert)
         expert_rows += e
         base_rows += b
@@ -183,6 +189,30 @@ def _build_groups(
         else:
             groups.append(_Group(RowBatch(models.base, pad_id=pad_id, min_rows=min_rows), base_rows))
     return groups
+
+
+def _join_groups(
+    groups: list[_Group],
+    outputs: list[torch.Tensor],
+    new_groups: list[_Group],
+    new_outputs: list[torch.Tensor],
+) -> None:
+    """Merge freshly prefilled groups into running groups of the same kind (in place), keeping each
+    group's output rows in the order of its rows. A group with no running counterpart, or whose cache
+    cannot be merged, runs as a group of its own (always correct, one more forward per step)."""
+    for ng, out in zip(new_groups, new_outputs, strict=True):
+        for gi, g in enumerate(groups):
+            if g.batch.compatible(ng.batch):
+                try:
+                    g.batch.merge(ng.batch)
+                except UnmergeableCache:
+                    continue
+                g.rows = g.rows + ng.rows
+                outputs[gi] = torch.cat([outputs[gi], out])
+                break
+        else:
+            groups.append(ng)
+            outputs.append(out)
 
 
 def _gather_plan(groups: list[_Group], active: list[int], device: torch.device):
@@ -210,6 +240,8 @@ def run_decode(
     peft_mode: str = "mixed",
     min_rows: int = 1,
     cancelled: Callable[[int], bool] | None = None,
+    admit: Callable[[int], Sequence[PromptJob]] | None = None,
+    max_active: int | None = None,
 ) -> Iterator[list[tuple[int, StreamEvent]]]:
     """Decode all `jobs` together; yield `(job index, event)` lists, one list per step.
 
@@ -221,19 +253,32 @@ def run_decode(
             (PEFT mixed-adapter batch); "two_pass" runs base rows as a second forward, adapter off.
         min_rows: pad forwards of 2..min_rows-1 rows up to min_rows (see `RowBatch`).
         cancelled: called with a job index each step; True finishes that job ("cancelled").
+        admit: continuous batching. Called at every step boundary (after finished prompts left, and
+            after the consumer handled the step's events) with the number of free slots; returns up to
+            that many new jobs, which are prefilled and join the running batch. They get the next job
+            indices (`len(jobs)`, `len(jobs) + 1`, ... in order of admission). A prompt's tokens and
+            scores do not depend on when it joined (up to float rounding of the padded forward).
+        max_active: most prompts decoding at once (free slots = max_active - active); default
+            `len(jobs)`.
     """
     if peft_mode not in PEFT_MODES:
         raise ValueError(f"`peft_mode` must be one of {PEFT_MODES}, got {peft_mode!r}")
     device = next(models.expert.parameters()).device
-    states = []
-    for job in jobs:
-        gen = torch.Generator(device=device)
-        gen.manual_seed(job.seed)
-        states.append(_JobState(job, gen, TextTracker(models.tokenizer, job.config.stop)))
-    groups = _build_groups(models, jobs, pad_id, peft_mode, min_rows)
+    capacity = max_active if max_active is not None else len(jobs)
+    states: list[_JobState | None] = []
+
+    def start(new_jobs: Sequence[PromptJob]) -> tuple[list[_Group], list[torch.Tensor]]:
+        first = len(states)
+        for job in new_jobs:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(job.seed)
+            states.append(_JobState(job, gen, TextTracker(models.tokenizer, job.config.stop)))
+        new_groups = _build_groups(models, new_jobs, pad_id, peft_mode, min_rows, first)
+        return new_groups, [g.batch.prefill([r.context for r in g.rows]) for g in new_groups]
+
     samplers: dict[tuple, Sampler] = {}
+    groups, outputs = start(jobs)
     active = list(range(len(jobs)))
-    outputs = [g.batch.prefill([r.context for r in g.rows]) for g in groups]
     idx, weights = _gather_plan(groups, active, device)
 
     while active:
@@ -289,16 +334,32 @@ def run_decode(
                 events.append((j, StreamEvent(st.job.index, delta, tok)))
         if events:
             yield events
+        changed = bool(finished)
         if finished:
             active = [j for j in active if j not in finished]
+            for j in finished:
+                states[j] = None  # its result is out; free its scores and generator
             for g in groups:
                 g.drop_finished(finished)
             groups = [g for g in groups if g.rows]
-            if not active:
-                break
+        outputs = [
+            g.batch.step(torch.tensor([states[r.job].tokens[-1] for r in g.rows], dtype=torch.long))
+            for g in groups
+        ]
+        free = capacity - len(active)
+        new_jobs = list(admit(free)) if admit is not None and free > 0 else []
+        if len(new_jobs) > free:
+            raise RuntimeError(f"`admit` returned {len(new_jobs)} jobs for {free} free slots")
+        if new_jobs:
+            first = len(states)
+            new_groups, new_outputs = start(new_jobs)
+            _join_groups(groups, outputs, new_groups, new_outputs)
+            active += range(first, first + len(new_jobs))
+            changed = True
+        if not active:
+            break
+        if changed:
             idx, weights = _gather_plan(groups, active, device)
-        step_tokens = torch.tensor([states[j].tokens[-1] for j in range(len(states))], dtype=torch.long)
-        outputs = [g.batch.step(step_tokens[[r.job for r in g.rows]]) for g in groups]
 
 
 def _result(st: _JobState) -> SteerResult:

@@ -2,8 +2,9 @@
 
 All decoding happens on one worker thread. Calls from any thread (LangChain, DSPy and Ray call
 from several at once) become requests; requests that arrive together are coalesced into one
-batch, so eight concurrent single-prompt calls cost about one batch of eight. Each prompt keeps
-its own seed, so a result never depends on which other prompts shared its batch.
+batch, so eight concurrent single-prompt calls cost about one batch of eight; calls that arrive
+while a batch decodes join it at the next step (continuous batching, up to `max_batch_size`).
+Each prompt keeps its own seed, so a result never depends on which other prompts shared its batch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from .config import SteerConfig
 from .decode import PromptJob, SteerResult, StreamEvent, run_decode
 from .negatives import NegativePool, fit_negatives
-from .scheduler import Request, Scheduler
+from .scheduler import EngineStats, Request, Scheduler
 from .sources import DEFAULT_MODEL, LoadedModels, context_window, load_models
 from .stopping import eos_token_ids
 
@@ -48,7 +49,8 @@ class SteerEngine:
         peft_mode: "mixed" (expert and base rows in one forward) or "two_pass"; see benchmarks.
         max_batch_size: most prompts decoded together; larger requests run in chunks, each
             chunk drawing negatives from the pool as it stands (so earlier outputs count).
-        coalesce_ms: how long the worker waits for concurrent calls to join a batch.
+        coalesce_ms: how long the worker waits for concurrent calls before starting a batch; calls
+            that arrive later join the running batch at its next step while it has free slots.
         name: a stable identity for cache keys (models given as objects are otherwise named by their
             config path plus their id in memory, which differs between processes).
         min_forward_rows: run forwards of 2-3 rows as 4 (default on CPU, where MKL's small-GEMM kernel
@@ -402,7 +404,12 @@ class SteerEngine:
             index=i,
         )
 
-    def _decode(self, jobs: list[PromptJob], cancelled: Callable[[int], bool]):
+    def _decode(
+        self,
+        jobs: list[PromptJob],
+        cancelled: Callable[[int], bool],
+        admit: Callable[[int], list[PromptJob]] | None = None,
+    ):
         return run_decode(
             self.models,
             jobs,
@@ -410,7 +417,16 @@ class SteerEngine:
             peft_mode=self.peft_mode,
             min_rows=self.min_forward_rows,
             cancelled=cancelled,
+            admit=admit,
+            max_active=self._scheduler.max_batch_size,
         )
+
+    @property
+    def stats(self) -> EngineStats:
+        """A snapshot of the decode worker's counters (`EngineStats`: batches started, prompts that
+        started a batch, prompts admitted into a running batch, prompts decoded), e.g. to check that
+        concurrent calls shared batches: `after.batches_started - before.batches_started`."""
+        return self._scheduler.stats
 
     @property
     def coalesce_s(self) -> float:

@@ -3,7 +3,8 @@
 Every branch of every prompt (expert on the prompt, base on the prompt, expert on a negative
 context) is one row. A `RowBatch` holds the rows that share a model (for a LoRA expert, expert and
 base rows share one batch and PEFT routes each row to its adapter or to `"__base__"`), runs one
-forward per step for all of them, and drops rows whose prompt has finished.
+forward per step for all of them, drops rows whose prompt has finished, and merges in the rows of
+prompts that join while it decodes (continuous batching).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["RowBatch", "forward_keywords"]
+__all__ = ["RowBatch", "UnmergeableCache", "forward_keywords"]
 
 
 def forward_keywords(model: torch.nn.Module) -> tuple[str, bool]:
@@ -61,6 +62,11 @@ def _layer_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     if hasattr(cache, "key_cache"):  # transformers 4.x
         return list(zip(cache.key_cache, cache.value_cache, strict=True))
     return None
+
+
+class UnmergeableCache(RuntimeError):
+    """`RowBatch.merge` cannot join these caches (not plain dynamic caches, or inconsistent widths);
+    the caller keeps the batches apart, which is always correct, only slower."""
 
 
 def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -206,6 +212,66 @@ class RowBatch:
         self.positions = self.positions + 1
         out = self._forward(tokens.to(self.device).view(-1, 1), self.positions.view(-1, 1))
         return out[: self.num_real]
+
+    def compatible(self, other: RowBatch) -> bool:
+        """Whether `other` runs the same forward as this batch (same model, same adapter routing)."""
+        return (
+            other.model is self.model
+            and other.disable_adapter == self.disable_adapter
+            and (other.adapter_names is None) == (self.adapter_names is None)
+            and other.pad_id == self.pad_id
+        )
+
+    def merge(self, other: RowBatch) -> None:
+        """Append `other`'s real rows after this batch's real rows (continuous batching).
+
+        Both batches must have run their last forward (prefill or step), so each cache holds exactly
+        its attention mask's width. The narrower side is left-padded (masked out) to the wider width,
+        then min-rows padding is re-applied. `other` must not be used afterwards.
+
+        Raises:
+            ValueError: the batches run different forwards (see `compatible`).
+            UnmergeableCache: a cache that is not a plain dynamic cache; nothing was changed.
+        """
+        if not self.compatible(other):
+            raise ValueError("cannot merge RowBatches of different models or adapter routing")
+        assert self.attention_mask is not None and other.attention_mask is not None, "prefill first"
+        mine, theirs = _layer_tensors(self.cache), _layer_tensors(other.cache)
+        if mine is None or theirs is None or len(mine) != len(theirs):
+            raise UnmergeableCache("only plain dynamic caches can be merged")
+        a, b = self.num_real, other.num_real
+        wa, wb = self.attention_mask.shape[1], other.attention_mask.shape[1]
+        for kv, w in ((mine, wa), (theirs, wb)):
+            if any(k is None or v is None or k.shape[-2] != w or v.shape[-2] != w for k, v in kv):
+                raise UnmergeableCache("cache width differs from the attention mask's")
+        width = max(wa, wb)
+        n = a + b
+        extra = self._padding(n)
+        rows = torch.arange(n)
+        if extra:
+            rows = torch.cat([rows, rows[-1:].expand(extra)])
+        rows = rows.to(self.device)
+
+        def join(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return torch.cat([_pad_left(x[:a], width - wa), _pad_left(y[:b], width - wb)]).index_select(
+                0, rows
+            )
+
+        from transformers import DynamicCache
+
+        merged = DynamicCache()
+        for layer_idx, ((ka, va), (kb, vb)) in enumerate(zip(mine, theirs, strict=True)):
+            merged.update(join(ka, kb), join(va, vb), layer_idx)
+        pad = torch.nn.functional.pad
+        self.attention_mask = torch.cat(
+            [pad(self.attention_mask[:a], (width - wa, 0)), pad(other.attention_mask[:b], (width - wb, 0))]
+        ).index_select(0, rows)
+        self.positions = torch.cat([self.positions[:a], other.positions[:b]]).index_select(0, rows)
+        if self.adapter_names is not None:
+            names = self.adapter_names[:a] + other.adapter_names[:b]
+            self.adapter_names = [names[i] for i in rows.tolist()]
+        self.cache, self.num_real = merged, n
+        other.cache = other.attention_mask = other.positions = None
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only rows `keep` (a 1-D long tensor of row indices, in order); frees the rest."""

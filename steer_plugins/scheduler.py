@@ -2,9 +2,12 @@
 
 LangChain and DSPy call a model from several threads at once. Each call becomes a `Request`; the
 worker waits `coalesce_s` for latecomers, takes up to `max_batch_size` prompts across requests, and
-routes every decoded event back to the request that owns it. Requests larger than a batch run in
-chunks. The worker exits after `IDLE_S` without work and restarts on demand, and it is recreated
-after a fork (datasets' `num_proc`), so an idle engine holds no thread.
+routes every decoded event back to the request that owns it. Requests that arrive while a batch is
+decoding join it at the next step boundary (continuous batching) as long as fewer than
+`max_batch_size` prompts are active, so calls skewed by more than `coalesce_s` still share forwards.
+Requests larger than a batch run in chunks (their later prompts join as earlier ones finish). The
+worker exits after `IDLE_S` without work and restarts on demand, and it is recreated after a fork
+(datasets' `num_proc`), so an idle engine holds no thread.
 """
 
 from __future__ import annotations
@@ -16,18 +19,19 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .config import SteerConfig
 from .decode import PromptJob, SteerResult, StreamEvent
 from .negatives import NegativePool
 
-__all__ = ["Request", "Scheduler", "IDLE_S"]
+__all__ = ["EngineStats", "Request", "Scheduler", "IDLE_S"]
 
 IDLE_S = 2.0
 
 Prepare = Callable[["Request", int], PromptJob]
-Decode = Callable[[list[PromptJob], Callable[[int], bool]], Iterator[list[tuple[int, StreamEvent]]]]
+Admit = Callable[[int], list[PromptJob]]
+Decode = Callable[[list[PromptJob], Callable[[int], bool], Admit], Iterator[list[tuple[int, StreamEvent]]]]
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 
@@ -36,6 +40,25 @@ _LIVE: weakref.WeakSet = weakref.WeakSet()
 def _close_all() -> None:
     for scheduler in list(_LIVE):
         scheduler.close()
+
+
+@dataclass
+class EngineStats:
+    """Counters of an engine's decode worker since the engine was created (`engine.stats` is a
+    snapshot; subtract two snapshots to measure a period).
+
+    Attributes:
+        batches_started: decode batches started. A batch runs until no prompt is left in it;
+            prompts that join it while it runs do not start a new one.
+        prompts_started: prompts that started a batch (taken after the `coalesce_ms` wait).
+        prompts_admitted: prompts that joined a batch already decoding (continuous batching).
+        prompts_decoded: prompts that finished (stop, length or cancelled).
+    """
+
+    batches_started: int = 0
+    prompts_started: int = 0
+    prompts_admitted: int = 0
+    prompts_decoded: int = 0
 
 
 @dataclass(eq=False)
@@ -61,9 +84,11 @@ class Scheduler:
 
     Args:
         prepare: turns (request, prompt index) into a `PromptJob` (tokenise, draw negatives); called
-            on the worker when the prompt's batch starts, so it sees the pool as it stands then.
-        decode: runs a list of jobs, yielding `(job index, event)` lists; gets a `cancelled(job)` probe.
-        max_batch_size: most prompts per batch.
+            on the worker when the prompt starts decoding (a batch starts or it joins one), so it sees
+            the pool as it stands then.
+        decode: runs a list of jobs, yielding `(job index, event)` lists; gets a `cancelled(job)` probe
+            and an `admit(free_slots)` callback that returns jobs to join the running batch.
+        max_batch_size: most prompts decoding at once.
         coalesce_s: how long to wait for more requests before starting a batch.
     """
 
@@ -76,6 +101,12 @@ class Scheduler:
         self._worker: threading.Thread | None = None
         self._pid = os.getpid()
         self._closed = False
+        self._stats = EngineStats()
+
+    @property
+    def stats(self) -> EngineStats:
+        """A snapshot of the worker's counters."""
+        return replace(self._stats)
 
     def submit(self, req: Request) -> Request:
         """Queue `req` and make sure a worker serves it (the worker only exits, under the same lock,
@@ -124,50 +155,76 @@ class Scheduler:
                 if left <= 0:
                     break
                 self._lock.wait(left)
-            batch: list[tuple[Request, list[int]]] = []
-            room = self.max_batch_size
-            for req in self._pending:
-                take = (
-                    []
-                    if req.future.done()
-                    else [i for i in range(len(req.prompts)) if i not in req.taken][:room]
-                )
-                if take:
-                    batch.append((req, take))
-                    req.taken.update(take)
-                    room -= len(take)
-                if room == 0:
-                    break
-            self._pending = [
-                r for r in self._pending if len(r.taken) < len(r.prompts) and not r.future.done()
-            ]
-            return batch
+            return self._take(self.max_batch_size)
+
+    def _take(self, room: int) -> list[tuple[Request, list[int]]]:
+        """Take up to `room` pending prompts, oldest request first (call with `_lock` held)."""
+        batch: list[tuple[Request, list[int]]] = []
+        for req in self._pending:
+            if room == 0:
+                break
+            take = (
+                [] if req.future.done() else [i for i in range(len(req.prompts)) if i not in req.taken][:room]
+            )
+            if take:
+                batch.append((req, take))
+                req.taken.update(take)
+                room -= len(take)
+        self._pending = [r for r in self._pending if len(r.taken) < len(r.prompts) and not r.future.done()]
+        return batch
+
+    def _prepare(
+        self, batch: list[tuple[Request, list[int]]], owners: list[Request | None]
+    ) -> list[PromptJob]:
+        """Prepare the jobs of `batch`, appending each job's request to `owners`."""
+        jobs: list[PromptJob] = []
+        for req, indices in batch:
+            try:
+                prepared = [self.prepare(req, i) for i in indices]
+            except Exception as err:  # one request's bad input fails that request only
+                req.cancelled = True
+                req.future.set_exception(err)
+                continue
+            jobs += prepared
+            owners += [req] * len(prepared)
+        return jobs
+
+    def _admit(self, free: int, owners: list[Request | None]) -> list[PromptJob]:
+        """Jobs to join the running batch: whatever is pending now (no coalescing wait)."""
+        if free <= 0 or not self._pending:  # unlocked peek: a request missed now joins next step
+            return []
+        with self._lock:
+            batch = self._take(free)
+        jobs = self._prepare(batch, owners)
+        self._stats.prompts_admitted += len(jobs)
+        return jobs
 
     def _serve(self) -> None:
         while (batch := self._take_batch()) is not None:
-            jobs: list[PromptJob] = []
-            owners: list[Request] = []
-            for req, indices in batch:
-                try:
-                    prepared = [self.prepare(req, i) for i in indices]
-                except Exception as err:  # one request's bad input fails that request only
-                    req.cancelled = True
-                    req.future.set_exception(err)
-                    continue
-                jobs += prepared
-                owners += [req] * len(prepared)
+            owners: list[Request | None] = []  # job index -> request (None once its result is out)
+            jobs = self._prepare(batch, owners)
             if not jobs:
                 continue
+            self._stats.batches_started += 1
+            self._stats.prompts_started += len(jobs)
             try:
-                for events in self.decode(jobs, lambda k, owners=owners: owners[k].cancelled):
+                for events in self.decode(
+                    jobs,
+                    lambda k, owners=owners: owners[k].cancelled,
+                    lambda free, owners=owners: self._admit(free, owners),
+                ):
                     self._route(events, owners)
+                    for k, ev in events:
+                        if ev.result is not None:
+                            owners[k] = None
+                            self._stats.prompts_decoded += 1
             except Exception as err:
-                for req in set(owners):
+                for req in {r for r in owners if r is not None}:
                     if not req.future.done():
                         req.future.set_exception(err)
 
     @staticmethod
-    def _route(events: list[tuple[int, StreamEvent]], owners: list[Request]) -> None:
+    def _route(events: list[tuple[int, StreamEvent]], owners: list[Request | None]) -> None:
         by_req: dict[Request, list[StreamEvent]] = {}
         for k, ev in events:
             req = owners[k]

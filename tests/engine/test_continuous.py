@@ -1,0 +1,227 @@
+"""Continuous batching: prompts that arrive while a batch decodes join it at the next step boundary.
+
+A joining prompt is prefilled in its own RowBatch and merged into the running one (`RowBatch.merge`),
+so its tokens and scores must equal a solo run's, and the running prompts must not notice.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+import torch
+
+from steer_plugins import EngineStats, SteerEngine
+from steer_plugins.rows import RowBatch, UnmergeableCache
+from steer_plugins.testing import tiny_lora_expert, tiny_model
+
+CONTEXTS = [
+    "Does dark matter",
+    "Write a question about astronomy: Could the quick brown fox jump over the lazy dog?",
+    "Is",
+    "The quick brown fox jumps over the lazy dog. Is the Hubble tension a sign of new physics?",
+    "What is the capital",
+]
+PROMPTS = [
+    "Does dark matter",
+    "Write a question about astronomy:",
+    "Is the Hubble",
+    "Could",
+    "The quick brown",
+    "What is the capital",
+    "Do fast radio bursts",
+    "A synthetic example",
+]
+NEGS = [["The quick brown fox jumps over the lazy dog.", "Is the Hubble tension real?"], ["x y z"], ["neg"]]
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- RowBatch.merge
+def merge_against_reference(model, tok, names_a=None, names_b=None, *, a_idx, b_idx, min_rows):
+    """Batch A (prefilled, then one step) merged with a freshly prefilled batch B must equal one batch
+    prefilled with every row's whole context, for the next two steps and after dropping rows."""
+    ctx = [tok(c).input_ids for c in CONTEXTS]
+    kw = {"pad_id": 0, "min_rows": min_rows}
+    a = RowBatch(model, adapter_names=names_a, **kw)
+    b = RowBatch(model, adapter_names=names_b, **kw)
+    tok_a = a.prefill([ctx[i] for i in a_idx]).argmax(-1)
+    lp_a = a.step(tok_a)
+    lp_b = b.prefill([ctx[i] for i in b_idx])
+    full = [ctx[i] + [int(t)] for i, t in zip(a_idx, tok_a, strict=True)] + [ctx[i] for i in b_idx]
+    names = None if names_a is None else names_a + names_b
+    ref = RowBatch(model, adapter_names=names, **kw)
+    lp_ref = ref.prefill(full)
+    close(torch.cat([lp_a, lp_b]), lp_ref)
+
+    a.merge(b)
+    n = len(a_idx) + len(b_idx)
+    assert len(a) == n
+    assert a.attention_mask.shape[0] == (min_rows if 1 < n < min_rows else n)
+    if names is not None:
+        assert a.adapter_names[:n] == names
+    tokens = lp_ref.argmax(-1)
+    for _ in range(2):
+        got, want = a.step(tokens), ref.step(tokens)
+        close(got, want)
+        tokens = want.argmax(-1)
+    keep = torch.tensor([0, n - 1])  # one row of each side
+    a.select(keep)
+    ref.select(keep)
+    close(a.step(tokens[keep]), ref.step(tokens[keep]))
+
+
+# b_wider: the joining batch holds the longest context (the running one gets left-padded);
+# min_rows=4: the running side carries padding rows (2 real rows run as 4) that merge must drop.
+@pytest.mark.parametrize("b_wider, min_rows", [(False, 1), (True, 4), (False, 4)])
+def test_merge_equals_one_batch_prefilled_with_all_contexts(tiny_pair_models, min_rows, b_wider):
+    expert, _, tok = tiny_pair_models
+    a_idx, b_idx = ([0, 2], [3]) if b_wider else ([1, 3], [2])
+    merge_against_reference(expert, tok, a_idx=a_idx, b_idx=b_idx, min_rows=min_rows)
+
+
+@pytest.mark.parametrize("min_rows", [1, 4])
+def test_merge_of_peft_mixed_adapter_batches(tiny_tok, min_rows):
+    expert = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=2), seed=5)
+    merge_against_reference(
+        expert,
+        tiny_tok,
+        ["default", "__base__"],
+        ["default", "__base__", "default"],
+        a_idx=[0, 0],
+        b_idx=[3, 3, 4],
+        min_rows=min_rows,
+    )
+
+
+def test_merge_refuses_unfamiliar_caches_and_other_models(tiny_tok, monkeypatch):
+    import steer_plugins.rows as rows_mod
+
+    m1, m2 = tiny_model("llama", tiny_tok, seed=1), tiny_model("llama", tiny_tok, seed=2)
+    a, b, c = RowBatch(m1, pad_id=0), RowBatch(m1, pad_id=0), RowBatch(m2, pad_id=0)
+    for rb in (a, b, c):
+        rb.prefill([tiny_tok("Is the").input_ids])
+    with pytest.raises(ValueError, match="different models"):
+        a.merge(c)
+    mask = a.attention_mask
+    monkeypatch.setattr(rows_mod, "_layer_tensors", lambda cache: None)
+    with pytest.raises(UnmergeableCache):
+        a.merge(b)
+    assert len(a) == 1 and a.attention_mask is mask  # untouched
+
+
+# ---------------------------------------------------------------- admission into a running decode
+def run_with_late_joiner(engine: SteerEngine, long_kw: dict, short_kw: dict):
+    """Start a long stream; once its first event is out, submit a short request from this thread."""
+    before = engine.stats
+    it = engine.stream([PROMPTS[0]], negatives=[NEGS[0]], seed=1, **long_kw)
+    first = next(it)  # decoding has started
+    short = engine.generate(PROMPTS[1:4], negatives=NEGS, return_scores=True, seed=2, **short_kw)
+    events = [first, *it]
+    long_result = events[-1].result
+    assert long_result is not None and "".join(e.delta for e in events) == long_result.text
+    return long_result, short, before, engine.stats
+
+
+@pytest.mark.parametrize("engine_kind", ["tiny_engine", "tiny_lora_engine"])
+@pytest.mark.parametrize(
+    "long_kw, short_kw",
+    [
+        ({}, {"max_new_tokens": 8}),
+        # no base rows in the running batch: the joiners' base (or mixed) rows form a new group
+        ({"gamma": 0.0}, {"max_new_tokens": 8, "negative_form": "per_example"}),
+        # joiners without base/negative rows merge into the running expert rows only
+        ({}, {"max_new_tokens": 8, "gamma": 0.0, "eta": 0.0}),
+    ],
+)
+def test_prompt_admitted_mid_decode_equals_solo_run(request, engine_kind, long_kw, short_kw):
+    engine: SteerEngine = request.getfixturevalue(engine_kind)
+    long_kw = {"max_new_tokens": 64, "ignore_eos": True, **long_kw}
+    long_result, short, before, after = run_with_late_joiner(engine, long_kw, short_kw)
+    assert after.batches_started - before.batches_started == 1, "the late request must join, not wait"
+    assert after.prompts_admitted - before.prompts_admitted == 3
+    assert after.prompts_decoded - before.prompts_decoded == 4
+    assert len(long_result.token_ids) == 64
+
+    solo_long = engine.generate([PROMPTS[0]], negatives=[NEGS[0]], seed=1, **long_kw)[0]
+    assert solo_long.token_ids == long_result.token_ids and solo_long.text == long_result.text
+    for i, r in enumerate(short):
+        solo = engine.generate(
+            [PROMPTS[1 + i]], negatives=[NEGS[i]], return_scores=True, seed=2 + i, **short_kw
+        )[0]
+        assert r.token_ids == solo.token_ids and r.text == solo.text
+        close(r.scores, solo.scores)
+
+
+def test_unmergeable_cache_runs_joiners_as_their_own_group(tiny_engine, monkeypatch):
+    def refuse(self, other):
+        raise UnmergeableCache("test")
+
+    monkeypatch.setattr(RowBatch, "merge", refuse)
+    long_kw = {"max_new_tokens": 64, "ignore_eos": True}
+    long_result, short, before, after = run_with_late_joiner(tiny_engine, long_kw, {"max_new_tokens": 6})
+    assert after.prompts_admitted - before.prompts_admitted == 3
+    solo_long = tiny_engine.generate([PROMPTS[0]], negatives=[NEGS[0]], seed=1, **long_kw)[0]
+    assert solo_long.token_ids == long_result.token_ids
+    for i, r in enumerate(short):
+        solo = tiny_engine.generate(
+            [PROMPTS[1 + i]], negatives=[NEGS[i]], return_scores=True, seed=2 + i, max_new_tokens=6
+        )[0]
+        assert r.token_ids == solo.token_ids
+        close(r.scores, solo.scores)
+
+
+def test_max_batch_size_caps_active_prompts(tiny_tok, monkeypatch):
+    import steer_plugins.decode as decode_mod
+
+    engine = SteerEngine(
+        tiny_model("llama", tiny_tok, seed=1),
+        tiny_model("llama", tiny_tok, seed=2),
+        tiny_tok,
+        max_batch_size=2,
+    )
+    widths: list[int] = []
+    real = decode_mod._gather_plan
+
+    def recording(groups, active, device):
+        widths.append(len(active))
+        return real(groups, active, device)
+
+    monkeypatch.setattr(decode_mod, "_gather_plan", recording)
+    negs = [["neg"]] * 5
+    rs = engine.generate(PROMPTS[:5], negatives=negs, seed=0, max_new_tokens=3)
+    again = engine.generate(PROMPTS[:5], negatives=negs, seed=0, max_new_tokens=3)
+    engine.close()
+    assert max(widths) == 2  # later prompts of the request joined as earlier ones finished
+    assert [r.token_ids for r in rs] == [r.token_ids for r in again]
+    assert engine.stats.prompts_decoded == 10 and engine.stats.prompts_admitted > 0
+
+
+def test_skewed_threads_equal_serial_and_share_batches(tiny_engine):
+    serial = [tiny_engine.generate([p], negatives=[["neg"]], seed=100 + i)[0] for i, p in enumerate(PROMPTS)]
+    rng = random.Random(0)
+    delays = [rng.uniform(0, 0.05) for _ in PROMPTS]
+    before = tiny_engine.stats
+    out: dict[int, object] = {}
+    barrier = threading.Barrier(len(PROMPTS))
+
+    def call(i):
+        barrier.wait()
+        threading.Event().wait(delays[i])
+        out[i] = tiny_engine.generate([PROMPTS[i]], negatives=[["neg"]], seed=100 + i)[0]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = tiny_engine.stats
+    assert isinstance(after, EngineStats)
+    assert [out[i].token_ids for i in range(8)] == [r.token_ids for r in serial]
+    assert [out[i].text for i in range(8)] == [r.text for r in serial]
+    assert after.prompts_decoded - before.prompts_decoded == 8
+    batches = after.batches_started - before.batches_started
+    assert batches < 8, f"skewed calls were not batched together: {after} vs {before}"
