@@ -119,10 +119,14 @@ def plot_heatmaps(
         ax.set_xlabel("η (negative prompting)")
         ax.set_ylabel("γ (expert guidance)")
         ax.set_title(f"{title_prefix}{metric}")
+        lo, hi = np.nanmin(values), np.nanmax(values)
         for i in range(len(gammas)):
             for j in range(len(etas)):
                 if math.isfinite(values[i, j]):
-                    ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", color="w", fontsize=8)
+                    frac = (values[i, j] - lo) / (hi - lo) if hi > lo else 0.5
+                    light = frac > 0.6 if HIGHER_IS_BETTER.get(metric, True) else frac < 0.4
+                    color = "black" if light else "white"
+                    ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", color=color, fontsize=8)
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
         path = out_dir / f"heatmap_{metric}.png"
