@@ -99,6 +99,7 @@ class PromptJob:
     prompt_truncated_tokens: int = 0
     return_scores: bool = False
     index: int = 0  # position in the caller's request
+    base_prompt_ids: list[int] | None = None  # the base branch's own prompt (prompted experts)
 
 
 @dataclass
@@ -123,12 +124,15 @@ class _JobState:
 def _plan_rows(job_index: int, job: PromptJob, base_is_expert: bool) -> tuple[list[_Row], list[_Row]]:
     """Rows of one prompt: (expert-model rows, base rows). Zero-weight branches get no row."""
     w = job.config.branch_weights()
-    head = w.expert + (w.base if base_is_expert else 0.0)
+    # The expert doubling as its own base on the same prompt is the same branch: fold the weights.
+    fold = base_is_expert and job.base_prompt_ids is None
+    head = w.expert + (w.base if fold else 0.0)
     expert_rows = [_Row(job_index, 0, job.prompt_ids, head)]
     base_rows: list[_Row] = []
     slot = 1
-    if w.base != 0 and not base_is_expert:
-        base_rows.append(_Row(job_index, slot, job.prompt_ids, w.base))
+    if w.base != 0 and not fold:
+        row = _Row(job_index, slot, job.base_prompt_ids or job.prompt_ids, w.base)
+        (expert_rows if base_is_expert else base_rows).append(row)  # same weights: same forward
         slot += 1
     if w.negative != 0 and job.negative_contexts:
         share = w.negative / len(job.negative_contexts)

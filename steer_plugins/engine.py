@@ -171,6 +171,7 @@ class SteerEngine:
         *,
         add_to_pool: bool | None = None,
         seeds: Sequence[int] | None = None,
+        base_prompts: Sequence[str] | None = None,
         pool: NegativePool | None = None,
         progress: bool = False,
         **overrides: Any,
@@ -186,6 +187,9 @@ class SteerEngine:
                 the pool was seeded, as the paper does).
             progress: show a progress bar (prompts, tokens/s).
             seeds: one seed per prompt (default: `seed`, `seed+1`, ... or fresh entropy).
+            base_prompts: one prompt per prompt for the base branch (default: the same prompt). This
+                is the prompted expert: the expert branch sees a domain instruction and examples in
+                context, the base branch the plain instruction, on the same weights.
             pool: draw negatives from (and append outputs to) this pool instead of `engine.pool`.
             **overrides: any `SteerConfig` field for this call.
 
@@ -207,7 +211,9 @@ class SteerEngine:
                         bar.update(1)
                         bar.set_postfix(tok_s=f"{tokens[0] / (time.perf_counter() - t0):.1f}")
 
-        req = self._submit(prompts, negatives, return_scores, overrides, sink, add_to_pool, seeds, pool)
+        req = self._submit(
+            prompts, negatives, return_scores, overrides, sink, add_to_pool, seeds, pool, base_prompts
+        )
         try:
             return req.future.result()
         finally:
@@ -221,6 +227,7 @@ class SteerEngine:
         *,
         add_to_pool: bool | None = None,
         seeds: Sequence[int] | None = None,
+        base_prompts: Sequence[str] | None = None,
         pool: NegativePool | None = None,
         **overrides: Any,
     ) -> Iterator[StreamEvent]:
@@ -229,7 +236,9 @@ class SteerEngine:
         Closing the iterator early cancels the prompts still running.
         """
         q: queue.Queue = queue.Queue()
-        req = self._submit(prompts, negatives, False, overrides, q.put, add_to_pool, seeds, pool)
+        req = self._submit(
+            prompts, negatives, False, overrides, q.put, add_to_pool, seeds, pool, base_prompts
+        )
         req.future.add_done_callback(lambda _: q.put(None))
         try:
             while (events := q.get()) is not None:
@@ -246,11 +255,14 @@ class SteerEngine:
         *,
         add_to_pool: bool | None = None,
         seeds: Sequence[int] | None = None,
+        base_prompts: Sequence[str] | None = None,
         pool: NegativePool | None = None,
         **overrides: Any,
     ) -> list[SteerResult]:
         """`generate` for asyncio: awaits the worker without blocking the event loop."""
-        req = self._submit(prompts, negatives, return_scores, overrides, None, add_to_pool, seeds, pool)
+        req = self._submit(
+            prompts, negatives, return_scores, overrides, None, add_to_pool, seeds, pool, base_prompts
+        )
         return await asyncio.wrap_future(req.future)
 
     async def astream(
@@ -260,6 +272,7 @@ class SteerEngine:
         *,
         add_to_pool: bool | None = None,
         seeds: Sequence[int] | None = None,
+        base_prompts: Sequence[str] | None = None,
         pool: NegativePool | None = None,
         **overrides: Any,
     ) -> AsyncIterator[StreamEvent]:
@@ -267,7 +280,7 @@ class SteerEngine:
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         sink = lambda evs: loop.call_soon_threadsafe(q.put_nowait, evs)  # noqa: E731
-        req = self._submit(prompts, negatives, False, overrides, sink, add_to_pool, seeds, pool)
+        req = self._submit(prompts, negatives, False, overrides, sink, add_to_pool, seeds, pool, base_prompts)
         req.future.add_done_callback(lambda _: loop.call_soon_threadsafe(q.put_nowait, None))
         try:
             while (events := await q.get()) is not None:
@@ -305,20 +318,9 @@ class SteerEngine:
         add_to_pool: bool | None,
         seeds: Sequence[int] | None,
         pool: NegativePool | None,
+        base_prompts: Sequence[str] | None = None,
     ) -> Request:
-        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-            raise TypeError(
-                f"`prompts` must be a list of strings, got {type(prompts).__name__}: wrap one prompt in a list"
-            )
-        if len(prompts) == 0:
-            raise ValueError("`prompts` is empty: pass at least one prompt")
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str):
-                raise TypeError(f"prompt #{i} must be a str, got {type(p).__name__}")
-            if not p:
-                raise ValueError(
-                    f"prompt #{i} is empty: STEER conditions expert and base on the prompt; pass text"
-                )
+        prompts = self._check_prompts(prompts, "prompts")
         cfg = self.config.merged(**overrides)
         if negatives is not None and (
             isinstance(negatives, str)
@@ -346,12 +348,34 @@ class SteerEngine:
             config=cfg,
             seeds=seeds,
             pool=pool,
+            base_prompts=self._check_prompts(base_prompts, "base_prompts", len(prompts))
+            if base_prompts is not None
+            else None,
             negatives=negatives,
             return_scores=return_scores,
             add_to_pool=add_to_pool,
             sink=sink,
         )
         return self._scheduler.submit(req)
+
+    @staticmethod
+    def _check_prompts(prompts: Any, name: str, expected: int | None = None) -> list[str]:
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+            raise TypeError(
+                f"`{name}` must be a list of strings, got {type(prompts).__name__}: wrap one prompt in a list"
+            )
+        if len(prompts) == 0:
+            raise ValueError(f"`{name}` is empty: pass at least one prompt")
+        if expected is not None and len(prompts) != expected:
+            raise ValueError(f"`{name}` must have one entry per prompt ({expected}), got {len(prompts)}")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise TypeError(f"{name.removesuffix('s')} #{i} must be a str, got {type(p).__name__}")
+            if not p:
+                raise ValueError(
+                    f"{name.removesuffix('s')} #{i} is empty: STEER conditions expert and base on the prompt; pass text"
+                )
+        return list(prompts)
 
     def _prepare_job(self, req: Request, i: int) -> PromptJob:
         cfg, tok = req.config, self.tokenizer
@@ -364,6 +388,7 @@ class SteerEngine:
         ids = tok(req.prompts[i]).input_ids
         truncated = max(0, len(ids) - limit)
         ids = ids[truncated:]
+        base_ids = tok(req.base_prompts[i]).input_ids[-limit:] if req.base_prompts is not None else None
         if not ids:
             raise ValueError(f"prompt #{i} tokenises to nothing: pass text the tokenizer can encode")
         if req.negatives is not None:
@@ -400,6 +425,7 @@ class SteerEngine:
             negatives_used=fit.used,
             negatives_dropped=fit.dropped,
             prompt_truncated_tokens=truncated,
+            base_prompt_ids=base_ids,
             return_scores=req.return_scores,
             index=i,
         )

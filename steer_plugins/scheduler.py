@@ -72,6 +72,7 @@ class Request:
     return_scores: bool
     add_to_pool: bool
     pool: NegativePool
+    base_prompts: list[str] | None = None
     sink: Callable[[list[StreamEvent]], None] | None = None
     future: Future = field(default_factory=Future)
     cancelled: bool = False

@@ -239,3 +239,35 @@ def test_bucketed_prefill_equals_one_padded_forward(tiny_pair_models, monkeypatc
         sa, sb = bucketed.step(tokens), single.step(tokens)
         torch.testing.assert_close(sa, sb, atol=1e-5, rtol=1e-5)
         tokens = sa.argmax(-1)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_base_prompts_give_the_base_branch_its_own_context(tiny_tok, lora):
+    """The prompted expert: the same weights, expert branch with examples in context, base without."""
+    model = tiny_model("llama", tiny_tok, seed=2)
+    expert = tiny_lora_expert(model, seed=5) if lora else model
+    engine = SteerEngine(expert, tokenizer=tiny_tok, config=SteerConfig(max_new_tokens=6, gamma=0.5))
+    in_context = (
+        "Does dark matter shape galaxies? Is the Hubble tension real? Write a question about astronomy:"
+    )
+    plain = "Write a question about astronomy:"
+    r = engine.generate([in_context], negatives=[NEGS[0]], base_prompts=[plain], return_scores=True, seed=2)[
+        0
+    ]
+    w = engine.config.branch_weights()
+    p_ids, b_ids = tiny_tok(in_context).input_ids, tiny_tok(plain).input_ids
+    neg_ids = tiny_tok(" ".join(NEGS[0])).input_ids
+    for t in range(len(r.token_ids)):
+        gen = r.token_ids[:t]
+        s = w.expert * last_logprobs(expert, p_ids + gen) + w.negative * last_logprobs(expert, neg_ids + gen)
+        if lora:
+            with expert.disable_adapter():
+                s = s + w.base * last_logprobs(expert, b_ids + gen)
+        else:
+            s = s + w.base * last_logprobs(expert, b_ids + gen)
+        assert_close_finite(r.scores[t], s.log_softmax(-1))
+    same = engine.generate([in_context], negatives=[NEGS[0]], return_scores=True, seed=2)[0]
+    assert not torch.allclose(same.scores[0], r.scores[0]), "base_prompts must change the base branch"
+    with pytest.raises(ValueError, match="base_prompts"):
+        engine.generate([in_context, plain], base_prompts=[plain])
+    engine.close()
