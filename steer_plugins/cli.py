@@ -33,7 +33,7 @@ RUN_KEYS: dict[str, str] = {
     "base": "base model (default: the adapter's base with the adapter off)",
     "prompt": "exact prompt string (default: the adapter's recorded training prompt)",
     "instruction": "instruction wrapped in the tokenizer's chat template (instead of `prompt`)",
-    "prompted_expert": "file of real examples shown in context (zero-training expert; sets gamma=0)",
+    "prompted_expert": "file of real examples shown in context (zero-training expert; the base branch gets the plain instruction)",
     "num_shots": "examples shown in context by the prompted expert",
     "n": "rows wanted in the output",
     "out": "output file (.jsonl or .parquet)",
@@ -268,13 +268,11 @@ def _pool_for(settings: dict[str, Any]) -> list[str] | None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .pipeline import generate_to_file
-    from .prompted import PROMPTED_OVERRIDES
+    from .pipeline import HYPOTHESIS_INSTRUCTION, generate_to_file
 
     settings, fields = _settings(args, _load_config_file(args.config))
     if settings.get("prompted_expert"):
         # zero-training expert: the plain base model, its in-context examples double as the pool
-        fields = {**fields, **PROMPTED_OVERRIDES}
         settings.setdefault("expert", "smollm2-135m-instruct")
         settings.setdefault("pool", settings["prompted_expert"])
     if not settings.get("out"):
@@ -290,6 +288,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     engine = _build_engine(settings, config, pool=pool)
     try:
         prompt = _resolve_prompt(engine, settings)
+        # prompted expert: the expert branch sees the examples, the base branch the plain instruction
+        base_prompt = (
+            _wrap(engine, settings.get("instruction") or HYPOTHESIS_INSTRUCTION)
+            if settings.get("prompted_expert")
+            else None
+        )
         _log(f"prompt: {prompt!r}")
         _log(f"writing {n} rows to {settings['out']} (gamma={config.gamma}, eta={config.eta})")
 
@@ -299,7 +303,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         stats = generate_to_file(
             engine, prompt, n, settings["out"], chunk_size=int(settings.get("chunk_size") or 16),
             close_with=settings.get("close_with"), progress=not args.quiet, on_chunk=report,
-            extra_fields={"model": engine.name} if args.record_model else None,
+            extra_fields={"model": engine.name} if args.record_model else None, base_prompt=base_prompt,
         )  # fmt: skip
     finally:
         engine.close()

@@ -112,6 +112,7 @@ def generate_to_file(
     extra_fields: Mapping[str, Any] | None = None,
     on_chunk: Callable[[GenerationStats], None] | None = None,
     pool: Any = None,
+    base_prompt: str | None = None,
     **overrides: Any,
 ) -> GenerationStats:
     """Generate `n` rows from `prompt` into `out` (`.jsonl` or `.parquet`), resuming if rows exist.
@@ -127,6 +128,7 @@ def generate_to_file(
         extra_fields: constant fields added to every row (e.g. the method name).
         on_chunk: called after each chunk is written, with the running stats.
         pool: a `NegativePool` to draw negatives from (and grow) instead of `engine.pool`.
+        base_prompt: the base branch's own prompt (a prompted expert: `prompt` carries the examples).
         **overrides: `SteerConfig` fields for every call. With a seed (`seed=s` here or in the
             engine's config) row i gets seed s + i, so a resumed run draws the seeds it would have.
 
@@ -169,6 +171,8 @@ def generate_to_file(
     while done < n:
         size = min(chunk_size, n - done)
         seeded = {} if base_seed is None else {"seed": base_seed + done}
+        if base_prompt is not None:
+            seeded["base_prompts"] = [base_prompt] * size
         results = engine.generate([prompt] * size, progress=progress, **seeded, **overrides)
         rows = []
         for r in results:

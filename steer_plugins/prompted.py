@@ -4,12 +4,9 @@ The paper's expert is the base model fine-tuned on the domain. Without an adapte
 model can play the expert when its prompt carries a domain instruction and a few real examples in
 context. `prompted_prompt` renders that prompt (with the tokenizer's chat template when it has one).
 
-What the engine supports today: expert and base rows are conditioned on the **same** prompt, so
-with one model loaded as both (`SteerEngine(model)`, no adapter) γ contrasts the model with
-itself and has no effect. The prompted expert therefore runs as `γ = 0` with η > 0: negative
-prompting (diversity) over an in-context expert (fidelity). The full prompted STEER rule,
-`(1+γ)·ℓ(c_expert) − γ·ℓ(c_plain) − η·ℓ(N)`, needs a per-branch prompt in the engine (see the
-issue report: a `base_prompts=` argument).
+The full prompted STEER rule, `(1+γ)·ℓ(c_expert) − γ·ℓ(c_plain) − η·ℓ(N)`, runs on one set of
+weights: pass this prompt as the expert prompt and the plain instruction as the base prompt,
+`engine.generate([prompted], base_prompts=[plain])` (`steer generate --prompted-expert FILE` does).
 
 Example:
     >>> from steer_plugins.testing import tiny_tokenizer
@@ -24,11 +21,9 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["DEFAULT_NUM_SHOTS", "PROMPTED_OVERRIDES", "prompted_prompt"]
+__all__ = ["DEFAULT_NUM_SHOTS", "prompted_prompt"]
 
 DEFAULT_NUM_SHOTS = 5
-PROMPTED_OVERRIDES: dict[str, float] = {"gamma": 0.0}
-"""Overrides a prompted expert needs today: γ = 0 (expert and base share prompt and weights)."""
 
 
 def prompted_prompt(

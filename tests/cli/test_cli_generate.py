@@ -106,13 +106,14 @@ def test_every_steer_config_field_has_a_flag():
     assert flags == {"--" + f.replace("_", "-") for f in SteerConfig.model_fields}
 
 
-def test_prompted_expert_runs_with_gamma_zero(tmp_path, gen_args, real_file, monkeypatch):
+def test_prompted_expert_gives_the_base_branch_the_plain_instruction(
+    tmp_path, gen_args, real_file, monkeypatch
+):
     seen = {}
     real_generate = SteerEngine.generate
 
     def spy(self, prompts, *a, **kw):
-        seen["prompt"], seen["gamma"] = prompts[0], self.config.merged(**{k: v for k, v in kw.items()
-                                                                       if k in SteerConfig.model_fields}).gamma  # fmt: skip
+        seen["prompt"], seen["base_prompts"] = prompts[0], kw.get("base_prompts")
         return real_generate(self, prompts, *a, **kw)
 
     monkeypatch.setattr(SteerEngine, "generate", spy)
@@ -120,9 +121,10 @@ def test_prompted_expert_runs_with_gamma_zero(tmp_path, gen_args, real_file, mon
     out = tmp_path / "p.jsonl"
     assert main(["generate", *args, "--prompted-expert", real_file, "--num-shots", "2", "--n", "2",
                  "--out", str(out)]) == 0  # fmt: skip
-    assert len(_rows(out)) == 2 and seen["gamma"] == 0.0
+    assert len(_rows(out)) == 2
     real = [row["text"] for row in read_jsonl(real_file)]
-    assert sum(t in seen["prompt"] for t in real) == 2
+    assert sum(t in seen["prompt"] for t in real) == 2  # the expert branch sees the examples
+    assert seen["base_prompts"] and not any(t in seen["base_prompts"][0] for t in real)  # the base does not
 
 
 @pytest.mark.parametrize("command", ["demo", "generate", "finetune", "evaluate", "sweep"])
