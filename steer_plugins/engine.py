@@ -211,8 +211,17 @@ class SteerEngine:
                         bar.update(1)
                         bar.set_postfix(tok_s=f"{tokens[0] / (time.perf_counter() - t0):.1f}")
 
-        req = self._submit(
-            prompts, negatives, return_scores, overrides, sink, add_to_pool, seeds, pool, base_prompts
+        req = self._submit(  # a synchronous call decodes on its own thread when the engine is idle
+            prompts,
+            negatives,
+            return_scores,
+            overrides,
+            sink,
+            add_to_pool,
+            seeds,
+            pool,
+            base_prompts,
+            run_here=True,
         )
         try:
             return req.future.result()
@@ -319,6 +328,8 @@ class SteerEngine:
         seeds: Sequence[int] | None,
         pool: NegativePool | None,
         base_prompts: Sequence[str] | None = None,
+        *,
+        run_here: bool = False,
     ) -> Request:
         prompts = self._check_prompts(prompts, "prompts")
         cfg = self.config.merged(**overrides)
@@ -356,7 +367,7 @@ class SteerEngine:
             add_to_pool=add_to_pool,
             sink=sink,
         )
-        return self._scheduler.submit(req)
+        return self._scheduler.submit(req, run_here=run_here)
 
     @staticmethod
     def _check_prompts(prompts: Any, name: str, expected: int | None = None) -> list[str]:

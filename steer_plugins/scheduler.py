@@ -109,9 +109,16 @@ class Scheduler:
         """A snapshot of the worker's counters."""
         return replace(self._stats)
 
-    def submit(self, req: Request) -> Request:
+    def submit(self, req: Request, *, run_here: bool = False) -> Request:
         """Queue `req` and make sure a worker serves it (the worker only exits, under the same lock,
-        when nothing is pending, so no request is ever left unserved)."""
+        when nothing is pending, so no request is ever left unserved).
+
+        With `run_here=True` (synchronous callers) and no worker running, the calling thread becomes
+        the worker and returns once nothing is pending. Decoding then stays on the thread that called,
+        which matters on CPU: torch work split across two threads' OpenMP pools ran about 30% slower
+        here (benchmarks/bench_speed.py) than the same work on one thread.
+        """
+        lead = False
         with self._start_lock:
             if self._pid != os.getpid():  # a forked child: the parent's thread and locks are not ours
                 self._lock, self._pending, self._worker, self._pid = (
@@ -125,9 +132,24 @@ class Scheduler:
                 self._pending.append(req)
                 self._lock.notify_all()
                 if self._worker is None or not self._worker.is_alive():
-                    self._worker = threading.Thread(target=self._serve, name="steer-engine", daemon=True)
-                    self._worker.start()
                     _LIVE.add(self)
+                    if run_here:
+                        self._worker, lead = threading.current_thread(), True
+                    else:
+                        self._worker = threading.Thread(target=self._serve, name="steer-engine", daemon=True)
+                        self._worker.start()
+        if lead:
+            try:
+                self._serve(idle_s=0.0)
+            finally:
+                with self._lock:
+                    if self._worker is threading.current_thread():  # left early (an error): hand over
+                        self._worker = None
+                        if self._pending:
+                            self._worker = threading.Thread(
+                                target=self._serve, name="steer-engine", daemon=True
+                            )
+                            self._worker.start()
         return req
 
     def close(self) -> None:
@@ -139,11 +161,11 @@ class Scheduler:
         if worker is not None and worker.is_alive() and worker is not threading.current_thread():
             worker.join(timeout=5)
 
-    def _take_batch(self) -> list[tuple[Request, list[int]]] | None:
+    def _take_batch(self, idle_s: float = IDLE_S) -> list[tuple[Request, list[int]]] | None:
         """Wait for work, let latecomers join for `coalesce_s`, take up to `max_batch_size` prompts.
-        Returns None when the worker should exit (closed, or idle for `IDLE_S`)."""
+        Returns None when the worker should exit (closed, or idle for `idle_s`)."""
         with self._lock:
-            idle_until = time.monotonic() + IDLE_S
+            idle_until = time.monotonic() + idle_s
             while not self._pending:
                 left = idle_until - time.monotonic()
                 if self._closed or left <= 0:
@@ -200,8 +222,8 @@ class Scheduler:
         self._stats.prompts_admitted += len(jobs)
         return jobs
 
-    def _serve(self) -> None:
-        while (batch := self._take_batch()) is not None:
+    def _serve(self, idle_s: float = IDLE_S) -> None:
+        while (batch := self._take_batch(idle_s)) is not None:
             owners: list[Request | None] = []  # job index -> request (None once its result is out)
             jobs = self._prepare(batch, owners)
             if not jobs:
