@@ -1,7 +1,7 @@
 """The same STEER augmenter on Ray Data: an actor pool, one model per actor, a shared negative pool.
 
 Shows: `ray_steer.augment(hf_dataset, aug, num_actors=2)` in Ray's local mode, returning a Hugging
-Face dataset. On a cluster, call `ray.init(address="auto")` instead and see docs/datasets_ray.md.
+Face dataset. On a cluster, call `ray.init(address="auto")` instead and see the README (Ray Data, multi-node runbook).
 
 Run (offline, on the embedded SmolLM2-135M-Instruct; a few minutes on 2 CPU cores):
 

@@ -470,7 +470,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(format_table(results))
     n = next(iter(results.values()))["sample_size"]
     print(
-        f"\nsample size {n} (tiny: the demo shows the mechanics, see docs/quality.md for a study). "
+        f"\nsample size {n} (tiny: the demo shows the mechanics, see the README for a study). "
         f"Cosines are against the shipped seed set. Timing: load {t1 - t0:.0f} s, STEER {t2 - t1:.0f} s "
         f"({sum(r.completion_tokens for r in steer)} tokens), plain {t3 - t2:.0f} s, "
         f"total {time.perf_counter() - t0:.0f} s."

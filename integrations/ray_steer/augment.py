@@ -4,7 +4,7 @@ Every actor gets the augmenter's settings and its real texts (pickled with it, s
 reach every actor); the model loads once in each actor. Synthetic outputs are shared through one
 small `SharedPool` actor: before each batch an actor pulls the outputs other actors pushed since its
 last pull, after the batch it pushes its own. Negatives therefore reflect the whole run, at most one
-batch per actor stale (see docs/datasets_ray.md for the trade-off).
+batch per actor stale (the README explains the trade-off).
 """
 
 from __future__ import annotations
