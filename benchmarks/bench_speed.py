@@ -15,6 +15,7 @@ during that configuration (reset between rows via /proc/self/clear_refs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -33,14 +34,18 @@ from steer_plugins import SteerConfig, SteerEngine  # noqa: E402
 from steer_plugins.sources import load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPT = ("### Instruction: Generate a scientific hypothesis about astronomy in the style of an Arxiv paper.\n"
-          " ### Hypothesis:")
+PROMPT = (
+    "### Instruction: Generate a scientific hypothesis about astronomy in the style of an Arxiv paper.\n"
+    " ### Hypothesis:"
+)
 GAMMA, ETA, K = 0.2, 0.6, 10
 
 
 def load_negatives() -> list[str]:
-    for path in (ROOT.parent / "shared/data/astro_hypotheses.jsonl",
-                 ROOT / "steer_plugins/assets/seed_hypotheses.jsonl"):
+    for path in (
+        ROOT.parent / "shared/data/astro_hypotheses.jsonl",
+        ROOT / "steer_plugins/assets/seed_hypotheses.jsonl",
+    ):
         if path.is_file():
             return [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
     sys.exit("no negatives found: need ../shared/data/astro_hypotheses.jsonl or the shipped seed set")
@@ -61,10 +66,8 @@ def make_expert():
 
 
 def peak_rss_reset() -> None:
-    try:
+    with contextlib.suppress(OSError):  # Linux only: resets the VmHWM high-water mark
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def peak_rss_mb() -> float:
@@ -93,7 +96,7 @@ class AuthorsLoop(LogitsProcessor):
     @torch.inference_mode()
     def __call__(self, input_ids, scores):
         full = input_ids
-        gen = input_ids[:, self.prompt_len:]
+        gen = input_ids[:, self.prompt_len :]
         ft = self.expert(input_ids=full).logits[:, -1].float().log_softmax(-1)
         with self.expert.disable_adapter():
             b = self.expert(input_ids=full).logits[:, -1].float().log_softmax(-1)
@@ -132,8 +135,10 @@ def main() -> None:
     rng = random.Random(0)
     rows: list[dict] = []
     authors_b1: tuple[float, float] | None = None
-    print(f"expert: {expert_kind}; weights held: {unique_param_mb(engine.models.expert):.0f} MB "
-          f"(base shares them: {engine.models.shared_weights}); torch threads: {torch.get_num_threads()}")
+    print(
+        f"expert: {expert_kind}; weights held: {unique_param_mb(engine.models.expert):.0f} MB "
+        f"(base shares them: {engine.models.shared_weights}); torch threads: {torch.get_num_threads()}"
+    )
 
     for bsz in args.batch:
         prompts = [PROMPT] * bsz
@@ -145,20 +150,41 @@ def main() -> None:
         n_neg_tokens = [len(tok(t).input_ids) for t in neg_texts]
 
         def plain(n: int, enc=enc) -> None:
-            expert.generate(**enc, do_sample=True, top_k=10, max_new_tokens=n, min_new_tokens=n,
-                            pad_token_id=tok.pad_token_id)
+            expert.generate(
+                **enc,
+                do_sample=True,
+                top_k=10,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                pad_token_id=tok.pad_token_id,
+            )
 
         def hf_cfg(n: int, enc=enc, neg_enc=neg_enc) -> None:
-            expert.generate(**enc, do_sample=True, top_k=10, max_new_tokens=n, min_new_tokens=n,
-                            guidance_scale=1 + ETA, negative_prompt_ids=neg_enc.input_ids,
-                            negative_prompt_attention_mask=neg_enc.attention_mask, pad_token_id=tok.pad_token_id)
+            expert.generate(
+                **enc,
+                do_sample=True,
+                top_k=10,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                guidance_scale=1 + ETA,
+                negative_prompt_ids=neg_enc.input_ids,
+                negative_prompt_attention_mask=neg_enc.attention_mask,
+                pad_token_id=tok.pad_token_id,
+            )
 
         def authors(n: int, enc=enc, negs=neg_texts) -> None:
             for i in range(enc.input_ids.shape[0]):  # the authors ran batch size 1
                 ids = enc.input_ids[i : i + 1]
                 proc = AuthorsLoop(expert, tok(negs[i]).input_ids, ids.shape[1])
-                expert.generate(ids, do_sample=True, top_k=10, max_new_tokens=n, min_new_tokens=n,
-                                logits_processor=LogitsProcessorList([proc]), pad_token_id=tok.pad_token_id)
+                expert.generate(
+                    ids,
+                    do_sample=True,
+                    top_k=10,
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    logits_processor=LogitsProcessorList([proc]),
+                    pad_token_id=tok.pad_token_id,
+                )
 
         def steer(n: int, mode: str, prompts=prompts, negs=negs) -> None:
             engine.peft_mode = mode
@@ -187,21 +213,33 @@ def main() -> None:
             if base_t is None:
                 base_t, base_t1 = t_full, t_one
             row = {
-                "batch": bsz, "config": name, "tok_s": bsz * args.tokens / t_full,
-                "ratio": t_full / base_t, "decode_ratio": (t_full - t_one) / (base_t - base_t1),
-                "prefill_s": t_one, "peak_rss_mb": rss, "neg_tokens": f"{min(n_neg_tokens)}-{max(n_neg_tokens)}",
+                "batch": bsz,
+                "config": name,
+                "tok_s": bsz * args.tokens / t_full,
+                "ratio": t_full / base_t,
+                "decode_ratio": (t_full - t_one) / (base_t - base_t1),
+                "prefill_s": t_one,
+                "peak_rss_mb": rss,
+                "neg_tokens": f"{min(n_neg_tokens)}-{max(n_neg_tokens)}",
             }
             rows.append(row)
-            print(f"B={bsz} {name:40s} {row['tok_s']:7.1f} tok/s  ratio {row['ratio']:5.2f}  "
-                  f"decode {row['decode_ratio']:5.2f}  first-token {t_one:5.2f}s  RSS {rss:6.0f} MB", flush=True)
+            print(
+                f"B={bsz} {name:40s} {row['tok_s']:7.1f} tok/s  ratio {row['ratio']:5.2f}  "
+                f"decode {row['decode_ratio']:5.2f}  first-token {t_one:5.2f}s  RSS {rss:6.0f} MB",
+                flush=True,
+            )
 
     print("\n| batch | configuration | tok/s | ratio (total) | ratio (decode) | peak RSS MB |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['batch']} | {r['config']} | {r['tok_s']:.1f} | {r['ratio']:.2f} | {r['decode_ratio']:.2f} "
-              f"| {r['peak_rss_mb']:.0f} |")
-    print(f"\nnegative contexts: K={K}, {rows[0]['neg_tokens']} tokens (B=1); {args.tokens} forced new tokens; "
-          f"median of {args.trials} trial(s) after a warm-up")
+        print(
+            f"| {r['batch']} | {r['config']} | {r['tok_s']:.1f} | {r['ratio']:.2f} | {r['decode_ratio']:.2f} "
+            f"| {r['peak_rss_mb']:.0f} |"
+        )
+    print(
+        f"\nnegative contexts: K={K}, {rows[0]['neg_tokens']} tokens (B=1); {args.tokens} forced new tokens; "
+        f"median of {args.trials} trial(s) after a warm-up"
+    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
