@@ -6,8 +6,8 @@ fail). The model is `SteerLLM`: the only line that differs from a `HuggingFacePi
 The seed records also seed the negative pool, so each output is steered away from K of them
 (and from earlier outputs, as the STEER paper does).
 
-Runs offline on the embedded SmolLM2-135M-Instruct: meant to take 1-2 minutes on 2 idle CPU cores
-(measured: 4m50s on a 2-core machine shared with other jobs, load average ~10; 8/8 valid records):
+Runs offline on the embedded SmolLM2-135M-Instruct (measured: 32 s on 2 idle CPU cores, model load
+included, 8/8 valid records; 4m50s when the cores were shared with other jobs, load average ~10):
 
     HF_HUB_OFFLINE=1 python examples/langchain_synthetic_data.py
 
