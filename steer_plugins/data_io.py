@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,24 +61,14 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """
     path = Path(path)
     _check_exists(path)
+    hint = 'each line must be one JSON object such as {"text": "..."}'
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(
-                    f"{path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno}); "
-                    'each line must be one JSON object such as {"text": "..."}'
-                ) from None
-            if not isinstance(row, dict):
-                raise DataFormatError(
-                    f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}; "
-                    'each line must be one JSON object such as {"text": "..."}'
-                )
-            rows.append(row)
+    for lineno, row in _json_lines(path, hint):
+        if not isinstance(row, dict):
+            raise DataFormatError(
+                f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}; {hint}"
+            )
+        rows.append(row)
     return rows
 
 
@@ -104,25 +94,29 @@ def read_texts(path: str | os.PathLike[str], *, field: str = DEFAULT_TEXT_FIELD)
         with path.open(encoding="utf-8") as f:
             return [line.rstrip("\r\n") for line in f if line.strip()]
     texts: list[str] = []
+    for lineno, row in _json_lines(path, f"each line must be one JSON object with a string `{field}` field"):
+        value = row.get(field) if isinstance(row, dict) else None
+        if not isinstance(value, str):
+            got = f"keys {sorted(row)}" if isinstance(row, dict) else type(row).__name__
+            raise DataFormatError(
+                f"{path}, line {lineno}: expected an object with a string `{field}` field, got {got}"
+            )
+        texts.append(value)
+    return texts
+
+
+def _json_lines(path: Path, hint: str) -> Iterator[tuple[int, Any]]:
+    """(1-based line number, parsed value) of every non-blank line; malformed JSON names the line."""
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataFormatError(
-                    f"{path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno}); "
-                    f"each line must be one JSON object with a string `{field}` field"
+                    f"{path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno}); {hint}"
                 ) from None
-            value = row.get(field) if isinstance(row, dict) else None
-            if not isinstance(value, str):
-                got = f"keys {sorted(row)}" if isinstance(row, dict) else type(row).__name__
-                raise DataFormatError(
-                    f"{path}, line {lineno}: expected an object with a string `{field}` field, got {got}"
-                )
-            texts.append(value)
-    return texts
 
 
 def append_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> int:

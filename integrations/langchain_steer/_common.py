@@ -9,7 +9,7 @@ defaults (`engine.config`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.runnables import ConfigurableField
@@ -100,6 +100,15 @@ class SteerParams(_ConfigFields):
     def steer_config(self) -> SteerConfig:
         """The resolved `SteerConfig` of this model (its fields)."""
         return SteerConfig.model_validate({name: getattr(self, name) for name in CONFIG_FIELDS})
+
+    @property
+    def _identifying_params(self) -> Mapping[str, Any]:
+        """Every setting that changes the output (LangChain's cache key; chat adds the call kwargs)."""
+        return self._steer_identity()
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of `text` with the engine's tokenizer (never downloads one)."""
+        return list(self.engine.tokenizer(text).input_ids)
 
     def _steer_identity(self) -> dict[str, Any]:
         """Everything that changes the output: model pair fingerprint, every config field, negatives."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Future
 from contextvars import ContextVar
 from typing import Any
@@ -75,15 +75,6 @@ class ChatSteer(SteerParams, BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "steer-chat"
-
-    @property
-    def _identifying_params(self) -> Mapping[str, Any]:
-        """Every setting that changes the output (with call kwargs, LangChain's chat cache key)."""
-        return self._steer_identity()
-
-    def get_token_ids(self, text: str) -> list[int]:
-        """Token ids of `text` with the engine's tokenizer (never downloads one)."""
-        return list(self.engine.tokenizer(text).input_ids)
 
     def render(self, messages: Sequence[BaseMessage]) -> str:
         """The prompt string the model sees for `messages` (chat template, generation prompt added)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -86,15 +86,6 @@ class SteerLLM(SteerParams, BaseLLM):
     @property
     def _llm_type(self) -> str:
         return "steer"
-
-    @property
-    def _identifying_params(self) -> Mapping[str, Any]:
-        """Every setting that changes the output (LangChain's LLM cache key)."""
-        return self._steer_identity()
-
-    def get_token_ids(self, text: str) -> list[int]:
-        """Token ids of `text` with the engine's tokenizer (never downloads one)."""
-        return list(self.engine.tokenizer(text).input_ids)
 
     def _with_overrides(self, kwargs: dict[str, Any]) -> tuple[SteerLLM, dict[str, Any]]:
         """Fold per-call STEER options into a copy of this model, so that LangChain's LLM cache key
