@@ -1,13 +1,13 @@
 """STEER decoding engine: contrastive expert guidance and negative prompting (arXiv 2308.07645)."""
 
-from .combine import combine, guard_non_finite, head_mask
-from .config import PRESETS, BranchWeights, SteerConfig, register_preset
-from .decode import SteerResult, StreamEvent
-from .engine import SteerEngine
-from .negatives import NegativePool
-from .sampling import make_sampler
-from .scheduler import EngineStats
-from .sources import DEFAULT_MODEL, load_model, load_models
+from .core.combine import combine, guard_non_finite, head_mask
+from .core.config import PRESETS, BranchWeights, SteerConfig, register_preset
+from .core.decode import SteerResult, StreamEvent
+from .core.engine import SteerEngine
+from .core.negatives import NegativePool
+from .core.sampling import make_sampler
+from .core.scheduler import EngineStats
+from .core.sources import DEFAULT_MODEL, load_model, load_models
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from steer_plugins import SteerConfig, combine, guard_non_finite, head_mask
-from steer_plugins.sampling import apply_min_p, apply_top_k, apply_top_p, make_sampler
+from steer_plugins.core.sampling import apply_min_p, apply_top_k, apply_top_p, make_sampler
 
 NEG_INF = float("-inf")
 

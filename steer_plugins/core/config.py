@@ -6,7 +6,7 @@ The decoding rule (STEER, arXiv 2308.07645) per token, with log-probs ℓ:
     cfg form:    s = (1+γ+η)·ℓ_FT(c) − γ·ℓ_B(c) − η·ℓ_FT(N)      (HF `guidance_scale` = 1+η)
 
 Both are weighted sums of branch log-probs; `branch_weights` produces the weights and
-`steer_plugins.combine.combine` applies them. Presets (`SteerConfig.preset(name)`) only set fields.
+`steer_plugins.core.combine.combine` applies them. Presets (`SteerConfig.preset(name)`) only set fields.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_TOP_K",
     "DEFAULT_MAX_NEW_TOKENS",
     "DEFAULT_NEGATIVE_MAX_TOKENS",
+    "MAX_SEED",
     "SteerConfig",
     "BranchWeights",
     "register_preset",
@@ -38,6 +39,8 @@ DEFAULT_NUM_NEGATIVES = 10
 DEFAULT_TOP_K = 10
 DEFAULT_MAX_NEW_TOKENS = 100
 DEFAULT_NEGATIVE_MAX_TOKENS = 512
+#: Largest seed a torch generator and `random.Random` both accept without overflow.
+MAX_SEED = 2**63 - 1
 
 
 class BranchWeights(BaseModel):
@@ -140,6 +143,13 @@ class SteerConfig(BaseModel):
     def _min_p(cls, v: float | None) -> float | None:
         if v is not None and not (0 <= v < 1):
             raise ValueError(f"`min_p` must be in [0, 1) or None (off), got {v!r}")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int | None) -> int | None:
+        if v is not None and not (0 <= v <= MAX_SEED):
+            raise ValueError(f"`seed` must be in [0, 2**63 - 1] or None (fresh entropy), got {v}")
         return v
 
     @field_validator("negative_max_tokens")

@@ -19,7 +19,8 @@ import torch
 from transformers import LogitsProcessor
 
 from .combine import combine, guard_non_finite
-from .negatives import fit_negatives
+from .decode import head_weight
+from .jobs import draw_negatives, negative_contexts
 from .rows import RowBatch
 
 __all__ = ["SteerLogitsProcessor"]
@@ -46,16 +47,13 @@ class SteerLogitsProcessor(LogitsProcessor):
     ) -> None:
         self.config = engine.config.merged(**overrides)
         self.models = engine.models
-        self.pad_id = engine._pad_id
+        self.pad_id = engine.pad_id
         self.weights = self.config.branch_weights()
-        if negatives is None:
-            negatives = (
-                engine.pool.draw(self.config.num_negatives) if len(engine.pool) and self.config.eta else []
-            )
+        drawn = draw_negatives(self.config, engine.pool, None, negatives)
         budget = min(self.config.negative_max_tokens or engine.context_window, engine.context_window)
-        self.fit = fit_negatives(list(negatives), engine.count_tokens, budget, self.config.negative_separator)
-        sep = self.config.negative_separator
-        self.negative_ids = engine.tokenizer(sep.join(self.fit.used)).input_ids if self.fit.used else []
+        config = self.config.model_copy(update={"negative_form": "concat"})  # one shared context
+        contexts, self.fit = negative_contexts(engine.token_context, drawn, config, budget)
+        self.negative_ids = contexts[0] if contexts else []
         self.prompt_attention_mask = prompt_attention_mask
         self.fallback_steps = 0
         self._base: RowBatch | None = None
@@ -92,7 +90,7 @@ class SteerLogitsProcessor(LogitsProcessor):
             last = input_ids[:, -1]
             base_lp = self._base.step(last) if self._base is not None else None
             neg_lp = self._neg.step(last) if self._neg is not None else None
-        head_w = self.weights.expert + (self.weights.base if self.models.base is self.models.expert else 0.0)
+        head_w = head_weight(self.weights, fold_base=self.models.base is self.models.expert)
         branches, weights = [head], [head_w]
         if base_lp is not None:
             branches.append(base_lp.to(head.device))
