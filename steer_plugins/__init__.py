@@ -5,6 +5,7 @@ from .core.config import PRESETS, BranchWeights, SteerConfig, register_preset
 from .core.decode import SteerResult, StreamEvent
 from .core.engine import SteerEngine
 from .core.negatives import NegativePool
+from .core.options import CALL_KEYS, CallOptions, merge_stops, shared_negatives, usage
 from .core.sampling import make_sampler
 from .core.scheduler import EngineStats
 from .core.sources import DEFAULT_MODEL, load_model, load_models
@@ -13,6 +14,8 @@ __all__ = [
     "DEFAULT_MODEL",
     "PRESETS",
     "BranchWeights",
+    "CALL_KEYS",
+    "CallOptions",
     "EngineStats",
     "NegativePool",
     "SteerConfig",
@@ -25,5 +28,8 @@ __all__ = [
     "load_model",
     "load_models",
     "make_sampler",
+    "merge_stops",
+    "shared_negatives",
+    "usage",
     "register_preset",
 ]

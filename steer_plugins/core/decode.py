@@ -18,6 +18,7 @@ import torch
 
 from .combine import combine, guard_non_finite
 from .config import BranchWeights
+from .constraints import Constraint, apply_constraints
 from .jobs import PromptJob
 from .results import SteerResult, StreamEvent
 from .rows import RowBatch, UnmergeableCache
@@ -180,6 +181,7 @@ class _StepPlan:
     weights: torch.Tensor
     alpha: torch.Tensor | None
     samplers: list[tuple[Sampler, torch.Tensor, list[int]]]
+    constrained: list[tuple[int, Constraint]]  # (position, constraint) of constrained prompts
 
 
 class Decoder:
@@ -286,13 +288,19 @@ class Decoder:
             samplers.append(
                 (self._samplers[key], sel, [self._states[active[p]].generator for p in positions])
             )
-        self._plan = _StepPlan(active, idx, weights, alpha, samplers)
+        constrained = [
+            (p, self._states[j].job.constraint)
+            for p, j in enumerate(active)
+            if self._states[j].job.constraint is not None
+        ]
+        self._plan = _StepPlan(active, idx, weights, alpha, samplers, constrained)
         return self._plan
 
     def _combine(self, plan: _StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
         branch_lp = torch.cat(self._outputs, dim=0)[plan.idx]  # (prompts, branches, vocab)
         scores = combine(branch_lp, plan.weights, alpha=plan.alpha)
-        scores, fell_back = guard_non_finite(scores, branch_lp[:, 0])
+        scores, fallback = apply_constraints(scores, branch_lp[:, 0], plan.constrained)
+        scores, fell_back = guard_non_finite(scores, fallback)
         return scores.log_softmax(-1), fell_back
 
     def _sample(self, plan: _StepPlan, scores: torch.Tensor) -> list[int]:
@@ -324,12 +332,15 @@ class Decoder:
 
     def _finish_check(self, j: int, st: _JobState, tok: int) -> str:
         """Set `st.finish` if the prompt ends at this token; return the text delta to emit."""
+        if st.job.constraint is not None:
+            st.job.constraint.advance(tok)
         if tok in st.job.stop_token_ids:
             st.finish = "stop"
             return st.tracker.flush()
         delta = st.tracker.update(st.tokens)
-        if st.tracker.stopped:
+        if st.tracker.stopped or (st.job.constraint is not None and st.job.constraint.is_finished):
             st.finish = "stop"
+            delta += st.tracker.flush() if not st.tracker.stopped else ""
         elif len(st.tokens) >= st.job.config.max_new_tokens:
             st.finish = "length"
             delta += st.tracker.flush()

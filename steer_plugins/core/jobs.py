@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .config import SteerConfig
+from .constraints import Constraint
 from .negatives import NegativeContext, NegativePool, fit_negatives
 
 __all__ = ["PromptJob", "TokenContext", "draw_negatives", "negative_contexts", "prepare_job"]
@@ -32,6 +33,7 @@ class PromptJob:
     return_scores: bool = False
     index: int = 0  # position in the caller's request
     base_prompt_ids: list[int] | None = None  # the base branch's own prompt (prompted experts)
+    constraint: Constraint | None = None  # per-prompt grammar/regex/choices state (constraints.py)
 
 
 @dataclass(frozen=True)
