@@ -70,3 +70,44 @@ def test_integrations_touch_no_private_engine_attributes():
             ):
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno} uses .{node.value.attr}.{node.attr}")
     assert not bad, "\n".join(bad)
+
+
+def _resolved_imports(path: Path):
+    """(line, absolute module, imported name) of every import in `path`, relative ones resolved."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, None
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            if node.level:
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            for alias in node.names:
+                yield node.lineno, module, alias.name
+
+
+def test_core_imports_no_application():
+    """The engine core knows nothing of the applications built on it (CLI, pipeline, finetune,
+    sweep, eval): imports only point down."""
+    bad = []
+    for path in (ROOT / "steer_plugins" / "core").rglob("*.py"):
+        for line, module, name in _resolved_imports(path):
+            target = f"{module}.{name}" if name else module
+            if module.startswith("steer_plugins.apps") or target.startswith("steer_plugins.apps"):
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
+    assert not bad, "steer_plugins.core must not import steer_plugins.apps:\n" + "\n".join(bad)
+
+
+def test_no_module_imports_another_modules_private_names():
+    bad = []
+    for top in ("steer_plugins", "integrations"):
+        for path in (ROOT / top).rglob("*.py"):
+            for line, module, name in _resolved_imports(path):
+                if name and name.startswith("_") and not name.startswith("__"):
+                    bad.append(f"{path.relative_to(ROOT)}:{line} imports {module}.{name}")
+    assert not bad, "import public names only:\n" + "\n".join(bad)
