@@ -39,6 +39,9 @@ DEFAULT_NUM_NEGATIVES = 10
 DEFAULT_TOP_K = 10
 DEFAULT_MAX_NEW_TOKENS = 100
 DEFAULT_NEGATIVE_MAX_TOKENS = 512
+#: Largest γ or η accepted: far beyond any useful setting, small enough that weights times log-probs
+#: stay finite in fp32.
+MAX_WEIGHT = 1e4
 #: Largest seed a torch generator and `random.Random` both accept without overflow.
 MAX_SEED = 2**63 - 1
 
@@ -62,7 +65,8 @@ class SteerConfig(BaseModel):
         BranchWeights(expert=1.2, base=-0.2, negative=-0.6)
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: "0.5" or True for a float, 2.7 or True for an int are errors, never silently coerced
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
     gamma: float = Field(DEFAULT_GAMMA, description="γ, contrastive expert guidance (expert vs base). >= 0.")
     eta: float = Field(DEFAULT_ETA, description="η, negative prompting weight. >= 0.")
@@ -100,12 +104,12 @@ class SteerConfig(BaseModel):
     @field_validator("gamma", "eta")
     @classmethod
     def _finite_non_negative(cls, v: float, info) -> float:
-        if not math.isfinite(v) or v < 0:
+        if not math.isfinite(v) or not 0 <= v <= MAX_WEIGHT:
             raise ValueError(
-                f"`{info.field_name}` must be a finite number >= 0, got {v!r}; the paper sweeps 0.0-1.0 "
-                f"(defaults gamma={DEFAULT_GAMMA}, eta={DEFAULT_ETA})"
+                f"`{info.field_name}` must be a finite number in [0, {MAX_WEIGHT:g}], got {v!r}; the paper "
+                f"sweeps 0.0-1.0 (defaults gamma={DEFAULT_GAMMA}, eta={DEFAULT_ETA})"
             )
-        return v
+        return float(v)
 
     @field_validator("num_negatives", "max_new_tokens")
     @classmethod
@@ -171,8 +175,13 @@ class SteerConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _stop_as_str(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("stop"), str):
-            data = {**data, "stop": [data["stop"]]}
+        if isinstance(data, dict):
+            for name in ("stop", "stop_token_ids"):
+                value = data.get(name)
+                if isinstance(value, str) and name == "stop":
+                    data = {**data, name: [value]}
+                elif isinstance(value, tuple):
+                    data = {**data, name: list(value)}
         return data
 
     # ---- derived values ----

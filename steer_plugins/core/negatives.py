@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["NegativePool", "NegativeContext", "fit_negatives"]
+__all__ = ["NegativePool", "NegativeContext", "fit_negatives", "valid_text"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class NegativePool:
             if not isinstance(t, str):
                 raise TypeError(f"negative example #{i} must be a str, got {type(t).__name__}")
             if t.strip():
-                batch.append(t)
+                batch.append(valid_text(t))
         with self._lock:
             self._texts.extend(batch)
             if real:
@@ -112,6 +112,16 @@ class NegativePool:
     def load(cls, path: str | Path) -> NegativePool:
         """Read a pool saved with `save`."""
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+
+def valid_text(text: str) -> str:
+    """`text` with unpaired surrogates (valid JSON, not valid Unicode text; the tokenizer rejects them)
+    replaced by U+FFFD, so one bad line in a pool file cannot break later calls."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # pairs become their character, lone halves U+FFFD
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def fit_negatives(

@@ -38,6 +38,7 @@ def apply_top_p(logprobs: torch.Tensor, p: float) -> torch.Tensor:
     probs = sorted_lp.softmax(-1)
     mass_before = probs.cumsum(-1) - probs
     drop_sorted = mass_before >= p
+    drop_sorted[..., 0] = False  # the best token always stays (p below float32's range keeps one)
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logprobs.masked_fill(drop, _NEG_INF)
 
@@ -63,7 +64,8 @@ def make_filter(
     """Temperature then top-k, top-p, min-p, composed once; returns log-probs ready to sample."""
     steps: list[LogprobFilter] = []
     if temperature not in (0, 1):
-        steps.append(lambda lp: lp / temperature)
+        # relative to the row's best first, so a tiny temperature gives -inf, never inf - inf = nan
+        steps.append(lambda lp: (lp - lp.amax(-1, keepdim=True)) / temperature)
     if top_k is not None:
         steps.append(lambda lp: apply_top_k(lp, top_k))
     if top_p is not None and top_p < 1:

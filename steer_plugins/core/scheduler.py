@@ -60,12 +60,14 @@ class EngineStats:
         prompts_started: prompts that started a batch (taken after the `coalesce_ms` wait).
         prompts_admitted: prompts that joined a batch already decoding (continuous batching).
         prompts_decoded: prompts that finished (stop, length or cancelled).
+        steps: decode steps run (one token for every active prompt each).
     """
 
     batches_started: int = 0
     prompts_started: int = 0
     prompts_admitted: int = 0
     prompts_decoded: int = 0
+    steps: int = 0
 
 
 @dataclass(eq=False)
@@ -252,6 +254,7 @@ class Scheduler:
                 self.decoder.cancel(job_id)
         try:
             events = self.decoder.step()
+            self._stats.steps += 1
         except Exception as err:  # an engine fault: fail this batch, keep serving
             self._fail_batch(err)
             return
