@@ -119,11 +119,13 @@ class SteerEngine:
         return next(self.models.expert.parameters()).device
 
     def fingerprint(self, **overrides: Any) -> str:
-        """Hash of the model pair and the (overridden) config: equal iff the outputs' distribution is."""
+        """Hash of the model pair's weights and the (overridden) config: equal iff the outputs'
+        distribution is. Retraining an adapter in place changes it (the weights are hashed)."""
         import hashlib
 
         cfg = self.config.merged(**overrides)
-        return hashlib.sha256(f"{self.name}|{cfg.fingerprint()}".encode()).hexdigest()[:12]
+        blob = f"{self.name}|{self.models.name}|{cfg.fingerprint()}"
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def count_tokens(self, text: str) -> int:
         """Tokens in `text`, tokenised the way prompts are."""

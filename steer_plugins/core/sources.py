@@ -8,6 +8,7 @@ never on unless the caller turns it on.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -25,6 +26,8 @@ __all__ = [
     "check_same_vocab",
     "context_window",
     "embedded_model_path",
+    "file_fingerprint",
+    "weights_fingerprint",
 ]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -147,12 +150,74 @@ def load_model(
     return model.eval(), tok
 
 
+#: Files at most this large are hashed whole; larger ones by size, header and sampled blocks.
+_HASH_WHOLE_BYTES = 64 << 20
+_BLOCK = 1 << 20
+
+
+def file_fingerprint(path: Path) -> str:
+    """A content hash of one weights file: whole for small files (adapters), else its size, its
+    first, middle and last MiB (a safetensors or GGUF header is in the first). Cheap on multi-GB
+    files, and it changes when the weights are retrained in place."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with path.open("rb") as f:
+        if size <= _HASH_WHOLE_BYTES:
+            for chunk in iter(lambda: f.read(_BLOCK), b""):
+                h.update(chunk)
+        else:
+            for offset in (0, size // 2, max(0, size - _BLOCK)):
+                f.seek(offset)
+                h.update(f.read(_BLOCK))
+    return h.hexdigest()[:16]
+
+
+def _module_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of a loaded model's parameters (every tensor's shape and a sample of its values)."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            flat = p.detach().reshape(-1)
+            sample = flat if flat.numel() <= 4096 else flat[:: flat.numel() // 4096]
+            h.update(name.encode())
+            h.update(str(tuple(p.shape)).encode())
+            h.update(sample.to("cpu", torch.float32).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def weights_fingerprint(spec: Any) -> str:
+    """What the weights of a model source are, as a short hash: the files' contents for a folder or
+    `.gguf` file (a retrained adapter gets a new fingerprint), the parameters for a loaded model."""
+    if isinstance(spec, torch.nn.Module):
+        return _module_fingerprint(spec)
+    text = str(spec)
+    path = embedded_model_path() if text in _ALIASES else Path(text).expanduser()
+    if path.is_file():
+        return file_fingerprint(path)
+    if path.is_dir():
+        files = sorted(
+            f for f in path.iterdir() if f.suffix in (".safetensors", ".gguf", ".json") and f.is_file()
+        )
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f"{f.name}:{file_fingerprint(f)}".encode())
+        if (path / "adapter_config.json").is_file():  # a LoRA expert: its base's weights count too
+            base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            if base and str(base) != text:
+                h.update(weights_fingerprint(base).encode())
+        return h.hexdigest()[:16]
+    return hashlib.sha256(text.encode()).hexdigest()[:16]  # an HF id resolved from the local cache
+
+
 def _name_of(spec: Any) -> str:
+    """A readable identity that changes with the weights: the source's name plus its fingerprint."""
     if isinstance(spec, torch.nn.Module):
         cfg = getattr(spec, "config", None)
         name = getattr(cfg, "_name_or_path", "") or type(spec).__name__
-        return f"{name}@{id(spec):x}"
-    return str(spec)
+    else:
+        name = str(spec)
+    return f"{name}@{weights_fingerprint(spec)}"
 
 
 def check_same_vocab(
