@@ -9,7 +9,7 @@ On the astronomy hypotheses in `../shared/data/astro_hypotheses.jsonl` (never co
 3. Generate `--n` hypotheses per method, stop at "?": STEER at the paper defaults (γ=0.2, η=0.6,
    K=10, top-k 10), the expert with top-k 10, the expert with nucleus top-p 0.92, the base model
    (top-k 10); the γ × η grid; η=1.0 with and without the head mask α=0.1.
-4. Score everything against the reference split at one common sample size (`steer_plugins.eval`),
+4. Score everything against the reference split at one common sample size (`steer_plugins.apps.eval`),
    write `results.json`, the markdown table, heat maps and the Pareto plot.
 
 Each method's samples go to `<out>/samples/<method>.jsonl` (resumable: rerunning skips finished
@@ -77,10 +77,11 @@ def split(texts, n_ref, n_dev, seed=SEED):
 def run(args) -> None:
     import torch
 
-    from steer_plugins import NegativePool, SteerConfig, SteerEngine
-    from steer_plugins.data_io import read_texts
-    from steer_plugins.finetune import finetune_lora
-    from steer_plugins.pipeline import generate_to_file
+    from steer_plugins import DEFAULT_MODEL, NegativePool, SteerConfig, SteerEngine
+    from steer_plugins.apps.data_io import read_texts
+    from steer_plugins.apps.finetune import finetune_lora
+    from steer_plugins.apps.pipeline import generate_to_file
+    from steer_plugins.apps.recipe import read_recipe
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -105,21 +106,21 @@ def run(args) -> None:
     # --- 1. the expert
     expert_dir = out / "expert-lora"
     if not (expert_dir / "adapter_model.safetensors").exists():
-        from steer_plugins.sources import load_model
+        from steer_plugins.core.sources import load_model
 
-        model, tok = load_model("smollm2-135m-instruct")
+        model, tok = load_model(DEFAULT_MODEL)
         msgs = [{"role": "user", "content": INSTRUCTION}]
         prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         log(f"finetune: {args.steps} steps on {len(train)} train examples")
         t0 = time.perf_counter()
         finetune_lora(
             (model, tok), train, expert_dir, steps=args.steps, batch_size=8, max_length=64,
-            prompt=prompt, eval_texts=dev, progress=False, base_name="smollm2-135m-instruct",
+            prompt=prompt, eval_texts=dev, progress=False, base_name=DEFAULT_MODEL,
             extra_recipe={"instruction": INSTRUCTION, "study": "benchmarks/quality_study.py"},
         )  # fmt: skip
         meta["finetune_seconds"] = round(time.perf_counter() - t0, 1)
         del model
-    recipe = json.loads((expert_dir / "steer_recipe.json").read_text())
+    recipe = read_recipe(expert_dir)
     prompt = recipe["training"]["prompt"]
     meta["expert"] = {"steps": recipe["training"]["steps"], "heldout": recipe["heldout"], "prompt": prompt}
     log("expert ready", recipe["heldout"])
@@ -133,7 +134,7 @@ def run(args) -> None:
         path = out / "samples" / f"{_slug(name)}.jsonl"
         n = args.n if group == "main" else args.n_ablation
         if which not in engines:
-            spec = str(expert_dir) if which == "expert" else "smollm2-135m-instruct"
+            spec = str(expert_dir) if which == "expert" else DEFAULT_MODEL
             engines[which] = SteerEngine(spec, config=cfg, max_batch_size=max(args.n, args.n_ablation))
         engine = engines[which]
         engine.pool = NegativePool(train, seed=SEED)  # every method starts from the same real pool
@@ -148,7 +149,7 @@ def run(args) -> None:
         engine.close()
 
     # --- 3. evaluation
-    from steer_plugins.eval import evaluate
+    from steer_plugins.apps.eval import evaluate
 
     synth = {name: read_texts(out / "samples" / f"{_slug(name)}.jsonl") for name, *_ in methods}
     groups = {g: [m[0] for m in methods if m[3] == g] for g in ("main", "ablation")}
@@ -168,8 +169,8 @@ def run(args) -> None:
 
 def report(args) -> None:
     """Markdown tables (one per group) + heat maps + Pareto plot, from results.json."""
-    from steer_plugins.eval import METRICS
-    from steer_plugins.sweep import plot_heatmaps, plot_pareto
+    from steer_plugins.apps.eval import METRICS
+    from steer_plugins.apps.sweep import plot_heatmaps, plot_pareto
 
     out = Path(args.out)
     meta = json.loads((out / "results.json").read_text())

@@ -15,8 +15,10 @@ import argparse
 import random
 from pathlib import Path
 
-from steer_plugins.data_io import read_texts
-from steer_plugins.finetune import DEFAULT_MODEL_ALIAS, _load_model, finetune_lora
+from steer_plugins import DEFAULT_MODEL
+from steer_plugins.apps.data_io import read_texts
+from steer_plugins.apps.finetune import finetune_lora, load_model_spec
+from steer_plugins.apps.recipe import RECIPE_FILE
 
 ASSETS = Path(__file__).resolve().parents[1] / "steer_plugins" / "assets"
 SEED_SET = ASSETS / "seed_hypotheses.jsonl"
@@ -48,7 +50,7 @@ def main() -> None:
     random.Random(SPLIT_SEED).shuffle(order)
     n_hold = max(1, round(HOLDOUT_FRACTION * len(texts)))
     held, train = [texts[i] for i in order[:n_hold]], [texts[i] for i in order[n_hold:]]
-    model, tokenizer, base_name = _load_model(DEFAULT_MODEL_ALIAS)
+    model, tokenizer, base_name = load_model_spec(DEFAULT_MODEL)
     prompt = chat_prompt(tokenizer)
     path = finetune_lora(
         (model, tokenizer),
@@ -72,7 +74,7 @@ def main() -> None:
             f"--steps {args.steps} --lr {args.lr} --batch-size {args.batch_size}",
         },
     )
-    print((path / "steer_recipe.json").read_text())
+    print((path / RECIPE_FILE).read_text())
 
 
 if __name__ == "__main__":

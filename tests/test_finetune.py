@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from steer_plugins import finetune as ft
+from steer_plugins.apps import finetune as ft
 from steer_plugins.testing import TINY_CORPUS, tiny_model, tiny_tokenizer
 
 
@@ -70,7 +70,7 @@ def test_alias_records_base_name_in_adapter_config(tmp_path, tok, monkeypatch):
         calls.append(spec)
         return tiny_model("llama", tok, seed=3), tok, ft.DEFAULT_MODEL_ALIAS
 
-    monkeypatch.setattr(ft, "_load_model", fake_load)
+    monkeypatch.setattr(ft, "load_model_spec", fake_load)
     out = ft.finetune_lora("smollm2-135m-instruct", ["Is it?"], tmp_path / "a", steps=1, progress=False)
     assert calls == ["smollm2-135m-instruct"]
     config = json.loads((out / "adapter_config.json").read_text())

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from steer_plugins.cli import main
+from steer_plugins.apps.cli import main
 
 
 def _err(capsys) -> str:
@@ -58,7 +58,7 @@ def test_unknown_metric(tmp_path, real_file, capsys):
 
 
 def test_console_script_help():
-    exe = [sys.executable, "-m", "steer_plugins.cli"]
+    exe = [sys.executable, "-m", "steer_plugins.apps.cli"]
     try:
         out = subprocess.run(["steer", "--help"], capture_output=True, text=True, timeout=60)
     except FileNotFoundError:  # console script not on PATH (e.g. not pip-installed): same entry point

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from steer_plugins.cli import main
-from steer_plugins.data_io import read_jsonl
+from steer_plugins.apps.cli import main
+from steer_plugins.apps.data_io import read_jsonl
 
 
 def test_finetune_adapter_loads_in_generate(tmp_path, tiny_model_dir, real_file, capsys):
@@ -44,7 +44,7 @@ def test_sweep_2x2_writes_heatmaps_and_pareto(tmp_path, gen_args, real_file, cap
 
 
 def test_pareto_front_by_hand():
-    from steer_plugins.sweep import pareto_front
+    from steer_plugins.apps.sweep import pareto_front
 
     pts = [("a", 0.9, 0.1), ("b", 0.5, 0.5), ("c", 0.4, 0.4), ("d", 0.5, 0.2)]
     assert pareto_front(pts) == ["a", "b"]

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from steer_plugins import SteerConfig, SteerEngine
-from steer_plugins.cli import config_flag_specs, main
-from steer_plugins.data_io import read_jsonl
-from steer_plugins.eval import METRICS
+from steer_plugins.apps.cli import config_flag_specs, main
+from steer_plugins.apps.data_io import read_jsonl
+from steer_plugins.apps.eval import METRICS
 
 
 def _rows(path):

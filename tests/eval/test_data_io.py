@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from steer_plugins.data_io import DataFormatError, append_jsonl, count_jsonl_rows, read_jsonl, read_texts
+from steer_plugins.apps.data_io import DataFormatError, append_jsonl, count_jsonl_rows, read_jsonl, read_texts
 
 
 def test_read_jsonl_and_plain_text(tmp_path):

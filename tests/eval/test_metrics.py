@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from steer_plugins.eval import (
+from steer_plugins.apps.eval import (
     adversarial_auroc,
     cosine_centroid,
     cosine_pairwise,
@@ -21,7 +21,7 @@ from steer_plugins.eval import (
     tokenize,
     vendi,
 )
-from steer_plugins.eval import metrics as m
+from steer_plugins.apps.eval import metrics as m
 
 
 def test_tokenize_lowercases_and_splits_punctuation():

@@ -26,7 +26,7 @@ subsamples (seeded) every synthetic set *and* the reference to the smallest coun
 (or `sample_size`), and reports the size used as `sample_size` in each result.
 
 Example:
-    >>> from steer_plugins.eval import evaluate
+    >>> from steer_plugins.apps.eval import evaluate
     >>> evaluate({"a.jsonl": ["a b c d", "a b c e"]}, ["x y z"], metrics=["distinct_2"])
     {'a.jsonl': {'sample_size': 1, 'distinct_2': 1.0}}
 """
@@ -38,15 +38,20 @@ import math
 import os
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "Metric",
+    "MetricInput",
+    "REGISTRY",
     "METRICS",
     "TEXT_METRICS",
     "EMBEDDING_METRICS",
+    "higher_is_better",
     "evaluate",
     "format_table",
     "tokenize",
@@ -62,17 +67,6 @@ __all__ = [
     "mauve",
     "adversarial_auroc",
 ]
-
-TEXT_METRICS: tuple[str, ...] = ("normalised_3grams", "diversity", "distinct_2", "self_bleu")
-EMBEDDING_METRICS: tuple[str, ...] = (
-    "vendi",
-    "cosine_pairwise",
-    "cosine_centroid",
-    "mauve",
-    "adversarial_auroc",
-)
-METRICS: tuple[str, ...] = TEXT_METRICS + EMBEDDING_METRICS
-"""Every metric key `evaluate` knows, in report order."""
 
 DEFAULT_SELF_BLEU_MAX = 100
 DEFAULT_CV_FOLDS = 5
@@ -243,6 +237,102 @@ def adversarial_auroc(
     return float(np.mean(scores))
 
 
+# ------------------------------------------------------------------------------------ registry
+
+
+@dataclass(frozen=True)
+class MetricInput:
+    """What a metric is computed from, for one (subsampled) set.
+
+    Attributes:
+        texts: the set's texts.
+        embeddings: their embeddings, `(len(texts), d)`, or None when no chosen metric needs them.
+        real_embeddings: the reference subsample's embeddings `(n, d)`, or None (no embedding
+            metric chosen, or this is the reference row itself).
+        seed: seeds self-BLEU's subsample, MAUVE's clustering and the CV folds.
+        self_bleu_max: at most this many self-BLEU hypotheses.
+    """
+
+    texts: Sequence[str]
+    embeddings: np.ndarray | None
+    real_embeddings: np.ndarray | None
+    seed: int
+    self_bleu_max: int
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One entry of the metric registry.
+
+    Attributes:
+        name: the key in `evaluate`'s results and on the command line.
+        compute: `MetricInput -> float`.
+        needs_embeddings: loads the MiniLM embedding model (such metrics are listed last).
+        higher_is_better: direction (sweeps colour heat maps and orient the Pareto front by it).
+        uses_reference: compares the set with the real examples; False for metrics of a set on its
+            own, which `evaluate(reference_name=...)` also reports for the reference.
+
+    Example:
+        >>> REGISTRY["self_bleu"].higher_is_better, REGISTRY["vendi"].needs_embeddings
+        (False, True)
+    """
+
+    name: str
+    compute: Callable[[MetricInput], float]
+    needs_embeddings: bool = False
+    higher_is_better: bool = True
+    uses_reference: bool = False
+
+
+def _emb(x: MetricInput) -> tuple[np.ndarray, np.ndarray]:
+    """(set embeddings, reference embeddings): the arguments of the comparing metrics."""
+    return x.embeddings, x.real_embeddings
+
+
+REGISTRY: dict[str, Metric] = {
+    metric.name: metric
+    for metric in (
+        Metric("normalised_3grams", lambda x: normalised_ngrams(x.texts, 3)),
+        Metric("diversity", lambda x: diversity(x.texts)),
+        Metric("distinct_2", lambda x: distinct_n(x.texts, 2)),
+        Metric(
+            "self_bleu",
+            lambda x: self_bleu(x.texts, max_hypotheses=x.self_bleu_max, seed=x.seed),
+            higher_is_better=False,
+        ),
+        Metric("vendi", lambda x: vendi(x.embeddings), needs_embeddings=True),
+        Metric(
+            "cosine_pairwise", lambda x: cosine_pairwise(*_emb(x)), needs_embeddings=True, uses_reference=True
+        ),
+        Metric(
+            "cosine_centroid", lambda x: cosine_centroid(*_emb(x)), needs_embeddings=True, uses_reference=True
+        ),
+        Metric("mauve", lambda x: mauve(*_emb(x), seed=x.seed), needs_embeddings=True, uses_reference=True),
+        Metric(
+            "adversarial_auroc",
+            lambda x: adversarial_auroc(*_emb(x), seed=x.seed),
+            needs_embeddings=True,
+            higher_is_better=False,  # closer to 0.5 is better; lower is treated as better
+            uses_reference=True,
+        ),
+    )
+}
+"""Every metric `evaluate` knows, by name, in report order."""
+
+METRICS: tuple[str, ...] = tuple(REGISTRY)
+"""Every metric key `evaluate` knows, in report order."""
+TEXT_METRICS: tuple[str, ...] = tuple(m.name for m in REGISTRY.values() if not m.needs_embeddings)
+"""The metrics computed from the texts alone (no model)."""
+EMBEDDING_METRICS: tuple[str, ...] = tuple(m.name for m in REGISTRY.values() if m.needs_embeddings)
+"""The metrics that load the MiniLM embedding model."""
+
+
+def higher_is_better(name: str) -> bool:
+    """Direction of metric `name` from the registry (True for a name it does not know)."""
+    metric = REGISTRY.get(name)
+    return True if metric is None else metric.higher_is_better
+
+
 # ------------------------------------------------------------------------------------ evaluate
 
 
@@ -258,7 +348,7 @@ def _check_metrics(metrics: Sequence[str] | None) -> list[str]:
         return list(METRICS)
     if isinstance(metrics, str):
         metrics = [m.strip() for m in metrics.split(",") if m.strip()]
-    unknown = [m for m in metrics if m not in METRICS]
+    unknown = [m for m in metrics if m not in REGISTRY]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown} in `metrics`; choose from: {', '.join(METRICS)}")
     if not metrics:
@@ -266,14 +356,18 @@ def _check_metrics(metrics: Sequence[str] | None) -> list[str]:
     return [m for m in METRICS if m in metrics]
 
 
-def _text_metric(name: str, texts: Sequence[str], seed: int, self_bleu_max: int) -> float:
-    if name == "normalised_3grams":
-        return normalised_ngrams(texts, 3)
-    if name == "diversity":
-        return diversity(texts)
-    if name == "distinct_2":
-        return distinct_n(texts, 2)
-    return self_bleu(texts, max_hypotheses=self_bleu_max, seed=seed)
+def _check_sets(
+    synthetic: Mapping[str, Sequence[str]], reference: Sequence[str], sample_size: int | None
+) -> None:
+    if not reference:
+        raise ValueError("`reference` is empty: pass at least one real example to compare against")
+    if not synthetic:
+        raise ValueError("`synthetic` is empty: pass at least one name → texts entry")
+    empty = [name for name, texts in synthetic.items() if not texts]
+    if empty:
+        raise ValueError(f"synthetic set(s) {empty} have no examples")
+    if sample_size is not None and sample_size < 1:
+        raise ValueError(f"`sample_size` must be a positive integer, got {sample_size!r}")
 
 
 def evaluate(
@@ -299,8 +393,8 @@ def evaluate(
         seed: seeds the subsamples, the self-BLEU subsample, MAUVE's clustering and the CV folds.
         sample_size: cap on the common size `n`; default: the smallest set's size.
         self_bleu_max: at most this many self-BLEU hypotheses per set.
-        reference_name: if given, also report the text-level metrics of the reference subsample
-            under this key (the paper's "real" row for the n-gram ratios).
+        reference_name: if given, also report the metrics of the reference subsample on its own
+            (text-level and Vendi) under this key (the paper's "real" row for the n-gram ratios).
 
     Returns:
         name → `{"sample_size": n, <metric>: value, ...}` in the order of `METRICS`; plain floats
@@ -309,51 +403,25 @@ def evaluate(
     Raises:
         ValueError: empty `reference` or synthetic set, unknown metric, `sample_size` < 1.
     """
-    chosen = _check_metrics(metrics)
-    if not reference:
-        raise ValueError("`reference` is empty: pass at least one real example to compare against")
-    if not synthetic:
-        raise ValueError("`synthetic` is empty: pass at least one name → texts entry")
-    empty = [name for name, texts in synthetic.items() if not texts]
-    if empty:
-        raise ValueError(f"synthetic set(s) {empty} have no examples")
-    if sample_size is not None and sample_size < 1:
-        raise ValueError(f"`sample_size` must be a positive integer, got {sample_size!r}")
-
+    chosen = [REGISTRY[name] for name in _check_metrics(metrics)]
+    _check_sets(synthetic, reference, sample_size)
     n = min([len(reference), *(len(t) for t in synthetic.values())])
     if sample_size is not None:
         n = min(n, sample_size)
     real = _subsample(reference, n, seed)
-    need_embeddings = any(m in EMBEDDING_METRICS for m in chosen)
+    need_embeddings = any(m.needs_embeddings for m in chosen)
     real_emb = embed(real) if need_embeddings else None
 
     results: dict[str, dict[str, float | int]] = {}
     for name, texts in synthetic.items():
         sample = _subsample(texts, n, seed)
-        row: dict[str, float | int] = {"sample_size": n}
         emb = embed(sample) if need_embeddings else None
-        for metric in chosen:
-            if metric in TEXT_METRICS:
-                row[metric] = _text_metric(metric, sample, seed, self_bleu_max)
-            elif metric == "vendi":
-                row[metric] = vendi(emb)
-            elif metric == "cosine_pairwise":
-                row[metric] = cosine_pairwise(emb, real_emb)
-            elif metric == "cosine_centroid":
-                row[metric] = cosine_centroid(emb, real_emb)
-            elif metric == "mauve":
-                row[metric] = mauve(emb, real_emb, seed=seed)
-            else:
-                row[metric] = adversarial_auroc(emb, real_emb, seed=seed)
-        results[name] = row
+        given = MetricInput(sample, emb, real_emb, seed, self_bleu_max)
+        results[name] = {"sample_size": n, **{m.name: m.compute(given) for m in chosen}}
     if reference_name is not None:
-        row = {"sample_size": n}
-        for metric in chosen:
-            if metric in TEXT_METRICS:
-                row[metric] = _text_metric(metric, real, seed, self_bleu_max)
-            elif metric == "vendi":
-                row[metric] = vendi(real_emb)
-        results[reference_name] = row
+        given = MetricInput(real, real_emb, None, seed, self_bleu_max)
+        own = {m.name: m.compute(given) for m in chosen if not m.uses_reference}
+        results[reference_name] = {"sample_size": n, **own}
     return results
 
 

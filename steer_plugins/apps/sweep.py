@@ -21,12 +21,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .eval.metrics import METRICS, evaluate, higher_is_better
 from .pipeline import generate_to_file
 
 __all__ = [
     "DEFAULT_DIVERSITY_METRIC",
     "DEFAULT_FIDELITY_METRIC",
-    "HIGHER_IS_BETTER",
     "parse_grid",
     "cell_name",
     "pareto_front",
@@ -37,18 +37,6 @@ __all__ = [
 
 DEFAULT_DIVERSITY_METRIC = "normalised_3grams"
 DEFAULT_FIDELITY_METRIC = "cosine_centroid"
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "normalised_3grams": True,
-    "diversity": True,
-    "distinct_2": True,
-    "self_bleu": False,
-    "vendi": True,
-    "cosine_pairwise": True,
-    "cosine_centroid": True,
-    "mauve": True,
-    "adversarial_auroc": False,
-}
-"""Direction of each metric (AUROC: closer to 0.5 is better; lower is treated as better here)."""
 
 
 def parse_grid(spec: str | Sequence[float], *, name: str = "grid") -> list[float]:
@@ -112,7 +100,7 @@ def plot_heatmaps(
             [[float(grid.get((g, e), {}).get(metric, float("nan"))) for e in etas] for g in gammas]
         )
         fig, ax = plt.subplots(figsize=(1.2 * len(etas) + 2.2, 1.0 * len(gammas) + 1.6))
-        cmap = "viridis" if HIGHER_IS_BETTER.get(metric, True) else "viridis_r"
+        cmap = "viridis" if higher_is_better(metric) else "viridis_r"
         im = ax.imshow(values, cmap=cmap, origin="lower", aspect="auto")
         ax.set_xticks(range(len(etas)), [f"{e:g}" for e in etas])
         ax.set_yticks(range(len(gammas)), [f"{g:g}" for g in gammas])
@@ -124,7 +112,7 @@ def plot_heatmaps(
             for j in range(len(etas)):
                 if math.isfinite(values[i, j]):
                     frac = (values[i, j] - lo) / (hi - lo) if hi > lo else 0.5
-                    light = frac > 0.6 if HIGHER_IS_BETTER.get(metric, True) else frac < 0.4
+                    light = frac > 0.6 if higher_is_better(metric) else frac < 0.4
                     color = "black" if light else "white"
                     ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", color=color, fontsize=8)
         fig.colorbar(im, ax=ax)
@@ -169,6 +157,44 @@ def plot_pareto(
     return out_path
 
 
+def _oriented(metric: str, scores: Mapping[str, float]) -> float:
+    """`scores[metric]`, negated when lower is better, so the Pareto front can maximise both axes."""
+    value = scores[metric]
+    return value if higher_is_better(metric) else -value
+
+
+def _generate_cells(
+    engine: Any,
+    prompt: str,
+    n: int,
+    out_dir: Path,
+    cells: Sequence[tuple[float, float]],
+    *,
+    seed: int,
+    **kwargs: Any,
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """Generate (or resume) `<out_dir>/<cell>.jsonl` for each (γ, η); returns (texts, stats) by cell name.
+
+    Every cell's negative pool starts as the engine's pool did when the sweep began.
+    """
+    from ..core.negatives import NegativePool
+    from .data_io import read_texts
+
+    start_pool = engine.pool.texts
+    num_real = engine.pool.num_real
+    texts: dict[str, list[str]] = {}
+    gen_stats: dict[str, Any] = {}
+    for g, e in cells:
+        name = cell_name(g, e)
+        pool = NegativePool(start_pool[:num_real], seed=seed)
+        pool.add(start_pool[num_real:])
+        path = out_dir / f"{name}.jsonl"
+        stats = generate_to_file(engine, prompt, n, path, pool=pool, gamma=g, eta=e, seed=seed, **kwargs)
+        gen_stats[name] = stats.to_dict()
+        texts[name] = read_texts(path)
+    return texts, gen_stats
+
+
 def run_sweep(
     engine: Any,
     prompt: str,
@@ -191,10 +217,6 @@ def run_sweep(
     Each cell starts from the engine's pool as it was when the sweep began (real examples), so
     cells do not see each other's outputs as negatives. Cells already on disk are resumed.
     """
-    from .data_io import read_texts
-    from .eval import METRICS, evaluate
-    from .negatives import NegativePool
-
     if not reference:
         raise ValueError("`reference` is empty: pass at least one real example to compare against")
     chosen = list(metrics) if metrics else list(METRICS)
@@ -205,34 +227,21 @@ def run_sweep(
             )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    start_pool = engine.pool.texts
-    num_real = engine.pool.num_real
-    texts: dict[str, list[str]] = {}
-    gen_stats: dict[str, Any] = {}
-    for g in gammas:
-        for e in etas:
-            name = cell_name(g, e)
-            pool = NegativePool(start_pool[:num_real], seed=seed)
-            pool.add(start_pool[num_real:])
-            path = out_dir / f"{name}.jsonl"
-            stats = generate_to_file(
-                engine, prompt, n, path, pool=pool, gamma=g, eta=e, seed=seed, close_with=close_with,
-                progress=progress, **overrides,
-            )  # fmt: skip
-            gen_stats[name] = stats.to_dict()
-            texts[name] = read_texts(path)
+    cells = [(g, e) for g in gammas for e in etas]
+    texts, gen_stats = _generate_cells(
+        engine, prompt, n, out_dir, cells, seed=seed, close_with=close_with, progress=progress, **overrides
+    )
     scores = evaluate(texts, list(reference), metrics=chosen, seed=seed)
-    grid = {(g, e): scores[cell_name(g, e)] for g in gammas for e in etas}
+    grid = {(g, e): scores[cell_name(g, e)] for g, e in cells}
     heatmaps = plot_heatmaps(grid, gammas, etas, out_dir, chosen)
-
-    def _dir(metric: str, v: float) -> float:
-        return v if HIGHER_IS_BETTER.get(metric, True) else -v
-
     points = [
-        (f"γ{g:g} η{e:g}", _dir(diversity_metric, grid[(g, e)][diversity_metric]),
-         _dir(fidelity_metric, grid[(g, e)][fidelity_metric]))
-        for g in gammas for e in etas
-    ]  # fmt: skip
+        (
+            f"γ{g:g} η{e:g}",
+            _oriented(diversity_metric, grid[(g, e)]),
+            _oriented(fidelity_metric, grid[(g, e)]),
+        )
+        for g, e in cells
+    ]
     pareto = plot_pareto(points, out_dir / "pareto.png", x_label=diversity_metric, y_label=fidelity_metric)
     result = {
         "gammas": list(gammas),

@@ -19,7 +19,6 @@ Example (tiny in-code model):
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -34,7 +33,6 @@ __all__ = [
     "HYPOTHESIS_INSTRUCTION",
     "GenerationStats",
     "generate_to_file",
-    "read_recipe_prompt",
     "postprocess",
     "repair_jsonl_tail",
 ]
@@ -58,19 +56,12 @@ class GenerationStats:
 
     @property
     def tokens_per_s(self) -> float:
+        """Generated tokens per second of this call (0 when no time passed)."""
         return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields plus `tokens_per_s` (rounded), as printed by `steer generate`."""
         return {**asdict(self), "tokens_per_s": round(self.tokens_per_s, 2)}
-
-
-def read_recipe_prompt(adapter_dir: str | os.PathLike[str]) -> str | None:
-    """The exact prompt string an adapter was trained with (`steer_recipe.json`), or None."""
-    recipe = Path(adapter_dir) / "steer_recipe.json"
-    if not recipe.is_file():
-        return None
-    prompt = json.loads(recipe.read_text(encoding="utf-8")).get("training", {}).get("prompt")
-    return prompt or None
 
 
 def postprocess(text: str, finish_reason: str, close_with: str | None) -> str:
@@ -98,6 +89,45 @@ def repair_jsonl_tail(path: str | os.PathLike[str]) -> int:
 def _existing_rows(path: Path) -> list[dict[str, Any]]:
     repair_jsonl_tail(path)
     return read_jsonl(path) if path.exists() else []
+
+
+def _jsonl_path(out: Path) -> Path:
+    """The JSONL file rows are appended to: `out` itself, or `<out>.partial.jsonl` for Parquet."""
+    suffix = out.suffix.lower()
+    if suffix not in (".jsonl", ".parquet"):
+        raise ValueError(f"output `{out}` must end in .jsonl or .parquet, got {suffix or 'no suffix'!r}")
+    if suffix == ".jsonl":
+        return out
+    jsonl = out.with_name(out.name + ".partial.jsonl")
+    if out.exists() and not jsonl.exists():
+        raise ValueError(f"`{out}` already exists and has no resume file `{jsonl}`: pass a new --out path")
+    return jsonl
+
+
+def _resume(jsonl: Path, engine: Any, pool: Any) -> int:
+    """Count the rows already in `jsonl`; their texts join the negative pool (`pool`, else the engine's).
+
+    The paper's loop: earlier outputs are negatives for later ones, as if the run had never stopped.
+    """
+    existing = _existing_rows(jsonl)
+    bad = [i + 1 for i, row in enumerate(existing) if not isinstance(row.get("text"), str)]
+    if bad:
+        raise DataFormatError(
+            f"{jsonl}, line {bad[0]}: existing row has no string `text`; not a steer output"
+        )
+    if existing:
+        (engine.pool if pool is None else pool).add([row["text"] for row in existing])
+    return len(existing)
+
+
+def _row(result: Any, close_with: str | None, extra_fields: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One output row from one `SteerResult`."""
+    row = {"text": postprocess(result.text, result.finish_reason, close_with)}
+    row.update(
+        {"finish_reason": result.finish_reason, "tokens": result.completion_tokens, "seed": result.seed}
+    )
+    row.update(extra_fields or {})
+    return row
 
 
 def generate_to_file(
@@ -144,25 +174,10 @@ def generate_to_file(
     if chunk_size < 1:
         raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}")
     out = Path(out)
-    suffix = out.suffix.lower()
-    if suffix not in (".jsonl", ".parquet"):
-        raise ValueError(f"output `{out}` must end in .jsonl or .parquet, got {suffix or 'no suffix'!r}")
-    parquet = suffix == ".parquet"
-    jsonl = out.with_name(out.name + ".partial.jsonl") if parquet else out
-    if parquet and out.exists() and not jsonl.exists():
-        raise ValueError(f"`{out}` already exists and has no resume file `{jsonl}`: pass a new --out path")
-
-    existing = _existing_rows(jsonl)
-    bad = [i + 1 for i, row in enumerate(existing) if not isinstance(row.get("text"), str)]
-    if bad:
-        raise DataFormatError(
-            f"{jsonl}, line {bad[0]}: existing row has no string `text`; not a steer output"
-        )
-    if existing:  # the paper's loop: earlier outputs are negatives for later ones
-        (engine.pool if pool is None else pool).add([row["text"] for row in existing])
+    jsonl = _jsonl_path(out)
+    skipped = min(_resume(jsonl, engine, pool), n)
     if pool is not None:
         overrides["pool"] = pool
-    skipped = min(len(existing), n)
     done, tokens, started = skipped, 0, time.perf_counter()
     base_seed = overrides.pop("seed", None)
     if base_seed is None:
@@ -174,13 +189,7 @@ def generate_to_file(
         if base_prompt is not None:
             seeded["base_prompts"] = [base_prompt] * size
         results = engine.generate([prompt] * size, progress=progress, **seeded, **overrides)
-        rows = []
-        for r in results:
-            row = {"text": postprocess(r.text, r.finish_reason, close_with)}
-            row.update({"finish_reason": r.finish_reason, "tokens": r.completion_tokens, "seed": r.seed})
-            row.update(extra_fields or {})
-            rows.append(row)
-        append_jsonl(jsonl, rows)
+        append_jsonl(jsonl, [_row(r, close_with, extra_fields) for r in results])
         done += size
         tokens += sum(r.completion_tokens for r in results)
         stats = GenerationStats(
@@ -188,7 +197,7 @@ def generate_to_file(
         )
         if on_chunk is not None:
             on_chunk(stats)
-    if parquet:
+    if jsonl != out:
         _write_parquet(jsonl, out)
     return stats
 

@@ -1,0 +1,266 @@
+"""What the `steer` subcommands share: the user-error type and its one-line, exit-2 report, logging,
+the subcommand parser factory, the `SteerConfig` flags, config files and the run settings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from ...core.sources import DEFAULT_MODEL
+from ..data_io import DataFormatError, read_texts
+
+__all__ = [
+    "ASSETS",
+    "DEFAULT_EXPERT",
+    "DEFAULT_SEED_SET",
+    "MODEL_KINDS",
+    "RUN_KEYS",
+    "CLIError",
+    "add_config_flags",
+    "add_model_flags",
+    "add_subcommand",
+    "config_flag_specs",
+    "count_word",
+    "load_config_file",
+    "log",
+    "make_config",
+    "read_examples",
+    "run_command",
+    "set_threads",
+    "split_settings",
+]
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+DEFAULT_EXPERT = str(ASSETS / "adapters" / "hypotheses-lora")
+DEFAULT_SEED_SET = str(ASSETS / "seed_hypotheses.jsonl")
+MODEL_KINDS = f"a folder, .gguf file or {DEFAULT_MODEL!r}"
+"""What a model argument may name, for error messages."""
+
+RUN_KEYS: dict[str, str] = {
+    "expert": f"expert model: PEFT adapter folder, HF folder, .gguf, or {DEFAULT_MODEL!r}",
+    "base": "base model (default: the adapter's base with the adapter off)",
+    "prompt": "exact prompt string (default: the adapter's recorded training prompt)",
+    "instruction": "instruction wrapped in the tokenizer's chat template (instead of `prompt`)",
+    "prompted_expert": (
+        "file of real examples shown in context (zero-training expert; the base branch gets the plain instruction)"
+    ),
+    "num_shots": "examples shown in context by the prompted expert",
+    "n": "rows wanted in the output",
+    "out": "output file (.jsonl or .parquet)",
+    "pool": "file of real examples seeding the negative pool",
+    "chunk_size": "rows decoded and appended per step",
+    "close_with": "re-append this stop string to texts that ended on it (e.g. '?')",
+    "threads": "torch CPU threads",
+    "device": "torch device (cpu, cuda)",
+}
+"""Keys a `steer generate` config file may hold besides the `SteerConfig` fields."""
+
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+# ------------------------------------------------------------------------- running a command
+
+
+def log(msg: str) -> None:
+    """Progress and notes go to stderr, prefixed `[steer]`; stdout carries only results."""
+    print(f"[steer] {msg}", file=sys.stderr, flush=True)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run `args.func(args)`; a user error prints `steer CMD: error: ...` and returns 2, Ctrl-C 130."""
+    try:
+        return args.func(args)
+    except (CLIError, FileNotFoundError, IsADirectoryError, DataFormatError, ValueError, ImportError) as e:
+        print(f"steer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"steer {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def add_subcommand(subs: Any, name: str, help_text: str, epilog: str) -> argparse.ArgumentParser:
+    """A subcommand parser whose description is its help line and whose epilog keeps its layout."""
+    return subs.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def count_word(n: int) -> str:
+    """`5 -> "five"` for help texts (digits from eleven on)."""
+    return _NUMBER_WORDS[n] if 0 <= n < len(_NUMBER_WORDS) else str(n)
+
+
+def set_threads(threads: int | None) -> None:
+    """Set torch's CPU threads when `threads` is given."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def read_examples(path: str | os.PathLike[str], what: str) -> list[str]:
+    """The texts in `path` (JSONL or plain text); a `CLIError` naming `what` if there are none."""
+    texts = read_texts(path)
+    if not texts:
+        raise CLIError(f"{what} file `{path}` has no examples (it is empty or only blank lines)")
+    return texts
+
+
+# ---------------------------------------------------------------------------- SteerConfig flags
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return annotation, False
+
+
+def _optional(kind: type) -> typing.Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "off", "null") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def config_flag_specs() -> list[tuple[str, dict[str, Any]]]:
+    """`(flag, argparse kwargs)` for every `SteerConfig` field, derived from its annotation."""
+    from ...core.config import SteerConfig
+
+    specs = []
+    for name, field in SteerConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        ann, optional = _unwrap_optional(field.annotation)
+        default = field.default if field.default_factory is None else field.default_factory()
+        help_text = f"{field.description or ''} (default {default!r}{'; none = off' if optional else ''})"
+        kw: dict[str, Any] = {"dest": f"cfg_{name}", "default": None, "help": help_text}
+        if typing.get_origin(ann) is typing.Literal:
+            kw["choices"] = list(typing.get_args(ann))
+        elif typing.get_origin(ann) is list:
+            (item,) = typing.get_args(ann)
+            kw.update(action="append", type=item, metavar=item.__name__.upper())
+            kw["help"] += "; repeat the flag for several"
+        elif ann is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = _optional(ann) if optional else ann
+            kw["metavar"] = ann.__name__.upper()
+        specs.append((flag, kw))
+    return specs
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per `SteerConfig` field, in their own help group."""
+    group = parser.add_argument_group("decoding (SteerConfig fields; override the config file)")
+    for flag, kw in config_flag_specs():
+        group.add_argument(flag, **kw)
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The model, prompt, pool and device flags of `generate` and `sweep`."""
+    g = parser.add_argument_group("model and prompt")
+    g.add_argument(
+        "--expert", help=f"expert model (default: the shipped adapter {Path(DEFAULT_EXPERT).name})"
+    )
+    g.add_argument("--base", help="base model (default: the adapter's base with the adapter switched off)")
+    g.add_argument("--prompt", help="exact prompt string (default: the adapter's recorded training prompt)")
+    g.add_argument("--instruction", help="an instruction; wrapped in the tokenizer's chat template")
+    g.add_argument(
+        "--prompted-expert",
+        metavar="FILE",
+        help="zero-training expert: show examples from FILE in the prompt (sets gamma=0; see docs)",
+    )
+    g.add_argument("--num-shots", type=int, help="in-context examples for --prompted-expert (default 5)")
+    g.add_argument("--pool", metavar="FILE", help="real examples (JSONL or text) seeding the negative pool")
+    g.add_argument("--threads", type=int, help="torch CPU threads (1 is often fastest on a busy machine)")
+    g.add_argument("--device", help="torch device, e.g. cuda (default cpu)")
+
+
+# ---------------------------------------------------------------------- config file, settings
+
+
+def _parse_config_text(p: Path, text: str) -> Any:
+    if p.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as e:
+            raise CLIError(
+                "YAML config files need pyyaml: pip install 'steer-plugins[eval]' (or use JSON)"
+            ) from e
+        return yaml.safe_load(text) or {}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CLIError(f"{p}, line {e.lineno}: malformed JSON config ({e.msg})") from None
+
+
+def load_config_file(path: str | None) -> dict[str, Any]:
+    """Run keys and `SteerConfig` fields from a YAML or JSON file (`config:` nests fields); {} for None.
+
+    Raises:
+        CLIError: missing file, malformed content, or a key that is neither a run key nor a field.
+    """
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"config file not found: `{p}`")
+    data = _parse_config_text(p, p.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise CLIError(f"config file `{p}` must hold a mapping of keys to values, got {type(data).__name__}")
+    nested = data.pop("config", None) or {}
+    if not isinstance(nested, dict):
+        raise CLIError(f"config file `{p}`: `config` must be a mapping of SteerConfig fields")
+    data.update(nested)
+    from ...core.config import SteerConfig
+
+    known = set(RUN_KEYS) | set(SteerConfig.model_fields)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise CLIError(
+            f"unknown config key(s) {unknown} in `{p}`; run keys: {sorted(RUN_KEYS)}; "
+            f"SteerConfig fields: {sorted(SteerConfig.model_fields)}"
+        )
+    return data
+
+
+def split_settings(
+    args: argparse.Namespace, file_cfg: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(run settings, SteerConfig fields): config file first, flags override."""
+    from ...core.config import SteerConfig
+
+    settings = {k: v for k, v in file_cfg.items() if k in RUN_KEYS}
+    fields = {k: v for k, v in file_cfg.items() if k in SteerConfig.model_fields}
+    for key in RUN_KEYS:
+        value = getattr(args, key, None)
+        if value is not None:
+            settings[key] = value
+    fields.update({k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None})
+    return settings, fields
+
+
+def make_config(fields: dict[str, Any]) -> Any:
+    """`SteerConfig().merged(**fields)`; an invalid value becomes a `CLIError`."""
+    from ...core.config import SteerConfig
+
+    try:
+        return SteerConfig().merged(**fields)
+    except ValueError as e:  # pydantic ValidationError is a ValueError
+        raise CLIError(f"invalid decoding setting: {e}") from None
