@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh clone:  `make demo`  and  `make test`.
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint bench docs
 
 install:
 	bash scripts/install.sh
@@ -15,3 +15,6 @@ lint:
 
 bench:
 	HF_HUB_OFFLINE=1 python benchmarks/bench_speed.py
+
+docs: install
+	mkdocs build --strict

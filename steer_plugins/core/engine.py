@@ -46,7 +46,8 @@ class SteerEngine:
         tokenizer: needed only when the expert is given as a loaded model.
         config: default `SteerConfig`; every generate call may override fields.
         pool: real examples (a list of strings or a `NegativePool`) that seed the negative pool.
-        device, dtype: where and how to hold the weights (e.g. "cuda", torch.bfloat16).
+        device: where to hold the weights (e.g. "cuda").
+        dtype: how to hold them (e.g. torch.bfloat16).
         trust_remote_code: off by default.
         peft_mode: "mixed" (expert and base rows in one forward) or "two_pass"; see benchmarks.
         max_batch_size: most prompts decoded together; larger requests run in chunks, each
@@ -227,8 +228,11 @@ class SteerEngine:
 
         Args:
             prompts: instruction prompts (plain text; see `apply_chat_template` for chat models).
-            negatives, return_scores, **kwargs: see `call_options` (any `SteerConfig` field, `seeds`,
-                `base_prompts`, `pool`, `add_to_pool`); or pass a ready `options=` instead.
+            negatives: see `call_options`.
+            return_scores: see `call_options`.
+            options: ready `CallOptions` (from `call_options`) instead of the per-call keywords.
+            **kwargs: see `call_options` (any `SteerConfig` field, `seeds`, `base_prompts`, `pool`,
+                `add_to_pool`).
             progress: show a progress bar (prompts, tokens/s).
 
         Returns:
