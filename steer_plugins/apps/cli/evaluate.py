@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from ..eval.bootstrap import DEFAULT_RESAMPLES
 from ..eval.metrics import EMBEDDING_METRICS, METRICS
 from ._common import CLIError, add_subcommand, count_word, read_examples
 
@@ -22,8 +23,11 @@ _METRIC_LINES = textwrap.fill(
 EPILOG = f"""examples:
   steer evaluate --reference real.jsonl steer.jsonl plain.jsonl
   steer evaluate --reference real.txt synth.jsonl --metrics normalised_3grams,diversity --json scores.json
+  steer evaluate --reference real.jsonl steer.jsonl plain.jsonl --ci --html report.html
 Inputs: JSONL with a `text` field, or plain text with one example per line. Every set (and the reference)
-is subsampled (seeded) to the smallest size, printed as `sample size used`.
+is subsampled (seeded) to the smallest size, printed as `sample size used`; every set and the reference need
+at least 2 examples. completion_rate reads each JSONL row's `finish_reason` ("stop" vs "length"). --ci adds a
+95% interval to every metric (half-sample bootstrap, B resamples, seeded by --seed).
 {_METRIC_LINES}
 """
 
@@ -38,35 +42,65 @@ def add_parser(subs: Any) -> argparse.ArgumentParser:
     e.add_argument("--sample-size", type=int, help="cap on the common sample size")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--show-reference", action="store_true", help="also score the reference's own diversity")
+    e.add_argument("--ci", action="store_true", help="95%% bootstrap intervals for every metric (seeded)")
+    e.add_argument(
+        "--resamples",
+        type=int,
+        default=DEFAULT_RESAMPLES,
+        help="bootstrap resamples B for --ci (default %(default)s)",
+    )
+    e.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report here")
     e.set_defaults(func=run)
     return e
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the metrics table of every synthetic file (and write it as JSON with `--json`)."""
-    from ..eval import evaluate, format_table
+    """Print the metrics table of every synthetic file (JSON with `--json`, a page with `--html`)."""
+    from ..eval import evaluate, evaluate_with_ci, format_table, read_finish_reasons
 
     reference = read_examples(args.reference, "reference")
-    synthetic = {}
+    synthetic, reasons = {}, {}
     for path in args.synthetic:
         if path in synthetic:
             raise CLIError(f"synthetic file `{path}` given twice")
         synthetic[path] = read_examples(path, "synthetic")
-    results = evaluate(
-        synthetic,
-        reference,
-        metrics=args.metrics,
-        seed=args.seed,
-        sample_size=args.sample_size,
-        reference_name=f"{args.reference} (real)" if args.show_reference else None,
-    )
+        found = read_finish_reasons(path)
+        if found is not None:
+            reasons[path] = found
+    if args.ci and args.resamples < 2:
+        raise CLIError(f"--resamples must be >= 2, got {args.resamples}")
+    kwargs = {
+        "metrics": args.metrics,
+        "seed": args.seed,
+        "sample_size": args.sample_size,
+        "reference_name": f"{args.reference} (real)" if args.show_reference else None,
+        "finish_reasons": reasons,
+    }
+    if args.ci:
+        results = evaluate_with_ci(synthetic, reference, resamples=args.resamples, **kwargs)
+    else:
+        results = evaluate(synthetic, reference, **kwargs)
     n = next(iter(results.values()))["sample_size"]
     print(format_table(results))
+    ci = f"; 95% intervals from {args.resamples} half-sample resamples" if args.ci else ""
     print(
-        f"sample size used: {n} examples per set (seeded subsample, seed={args.seed}; reference has {len(reference)})"
+        f"sample size used: {n} examples per set (seeded subsample, seed={args.seed}; "
+        f"reference has {len(reference)}){ci}"
     )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
+    if args.html:
+        from ..report import write_report
+
+        write_report(
+            args.html,
+            title="steer evaluate",
+            results=results,
+            samples=synthetic,
+            reference=reference,
+            notes=[f"reference: {args.reference} ({len(reference)} examples); seed {args.seed}{ci}"],
+        )
+        print(f"wrote {args.html}")
     return 0

