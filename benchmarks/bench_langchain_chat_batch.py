@@ -1,9 +1,10 @@
 """ChatSteer: `batch` of 8 inputs vs a loop of 8 `invoke`s, on the real offline model.
 
 LangChain's `BaseChatModel.batch` runs one `_generate` per input on a thread pool; `ChatSteer.batch`
-gathers them into one engine batch. Rows: a loop of invokes (8 engine batches of 1), LangChain's
-plain thread-pool batch (`Runnable.batch`, relying on the engine's 5 ms coalescing window only),
-and `ChatSteer.batch`. Fixed seed, sampling defaults, one warmup; EOS may end outputs early, so compare tok/s too.
+gives the pool one thread per input and announces them with `engine.expect(8)`, so the engine's
+scheduler starts them as one decode batch. Rows: a loop of invokes (8 engine batches of 1),
+LangChain's plain thread-pool batch (`Runnable.batch`, relying on the engine's 5 ms coalescing
+window only), and `ChatSteer.batch`; the last column is the engine batches each row started. Fixed seed, sampling defaults, one warmup; EOS may end outputs early, so compare tok/s too.
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_langchain_chat_batch.py [--trials 1] [--max-new-tokens 24]
 """
@@ -47,7 +48,7 @@ def main() -> None:
     runs = {
         "loop of 8 invokes": lambda: [chat.invoke(x) for x in inputs],
         "Runnable.batch (thread pool only)": lambda: Runnable.batch(chat, inputs),
-        "ChatSteer.batch (gathered)": lambda: chat.batch(inputs),
+        "ChatSteer.batch (expected)": lambda: chat.batch(inputs),
     }
     keys = dict(zip(["loop", "threads", "gathered"], runs, strict=True))
     if args.only:
@@ -55,18 +56,20 @@ def main() -> None:
     rows = []
     for name, fn in runs.items():
         times, tokens = [], 0
+        before = engine.stats.batches_started
         for _ in range(args.trials):
             t0 = time.perf_counter()
             outs = fn()
             times.append(time.perf_counter() - t0)
             tokens = sum(o.usage_metadata["output_tokens"] for o in outs)
-        rows.append((name, sum(times) / len(times), tokens))
-        print(f"  {name}: {rows[-1][1]:.2f}s, {tokens} output tokens", flush=True)
+        batches = (engine.stats.batches_started - before) / args.trials
+        rows.append((name, sum(times) / len(times), tokens, batches))
+        print(f"  {name}: {rows[-1][1]:.2f}s, {tokens} output tokens, {batches:g} batches", flush=True)
     base = rows[0][1]
     print(f"\n8 inputs, max_new_tokens={args.max_new_tokens}, model={engine.name}, trials={args.trials}")
-    print(f"{'run':36} {'wall s':>8} {'out tok':>8} {'tok/s':>7} {'speedup':>8}")
-    for name, secs, tok in rows:
-        print(f"{name:36} {secs:8.2f} {tok:8d} {tok / secs:7.1f} {base / secs:7.2f}x")
+    print(f"{'run':36} {'wall s':>8} {'out tok':>8} {'tok/s':>7} {'speedup':>8} {'batches':>8}")
+    for name, secs, tok, batches in rows:
+        print(f"{name:36} {secs:8.2f} {tok:8d} {tok / secs:7.1f} {base / secs:7.2f}x {batches:8g}")
     engine.close()
 
 

@@ -2,18 +2,9 @@
 
 This is DSPy 3.4's supported custom-LM route (`dspy.LM(model, engine=..., async_engine=...)`);
 DSPy owns the cache, retries, `n` fan-out, history and usage tracking, and calls `complete` once
-per candidate from whatever thread runs the program. Every call goes straight to
-`SteerEngine.generate`, which coalesces concurrent calls into one decode batch.
-
-Translation (one home for it, outlines-style):
-    system + user/assistant turns  -> `engine.apply_chat_template` (a trailing assistant turn is a
-                                      prefill: the model continues it, see `FieldByFieldAdapter`)
-    temperature, top_p, top_k, seed -> the same `SteerConfig` fields
-    max_tokens                      -> `max_new_tokens`
-    stop                            -> added to the configured stop strings
-    metadata={"steer": {...}}       -> per-call overrides: any `SteerConfig` field, `negatives`
-                                      (a list of strings) and `add_to_pool` (bool)
-    tools, images, audio, logprobs, response_format, penalties -> `dspy.LMUnsupportedFeatureError`
+per candidate from whatever thread runs the program. Each call is one engine call with one
+`CallOptions` (see `translation.py` for how a `Request` maps onto it); the engine's scheduler
+coalesces concurrent calls into one decode batch.
 """
 
 from __future__ import annotations
@@ -23,47 +14,18 @@ import json
 import re
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from dspy import lm15
-from dspy.lm15 import (
-    Message,
-    Request,
-    Response,
-    StreamDeltaEvent,
-    StreamEndEvent,
-    StreamStartEvent,
-    TextDelta,
-    TextPart,
-    Usage,
-)
+from dspy.lm15 import Request, Response, StreamStartEvent
 
-from steer_plugins import NegativePool, SteerConfig, SteerEngine, SteerResult
+from steer_plugins import CallOptions, NegativePool, SteerConfig, SteerEngine
 
-__all__ = [
-    "SteerDSPyEngine",
-    "AsyncSteerDSPyEngine",
-    "STEER_METADATA_KEY",
-    "PER_CALL_KEYS",
-    "register_engine",
-]
+from .translation import call_options, check_request, invalid_request, render_prompt, response, stream_events
+
+__all__ = ["SteerDSPyEngine", "AsyncSteerDSPyEngine", "register_engine"]
 
 PROVIDER = "steer"
-STEER_METADATA_KEY = "steer"
-"""Key under the request's `metadata` that carries per-call STEER overrides."""
-PER_CALL_KEYS = ("negatives", "add_to_pool")
-"""Per-call keys besides the `SteerConfig` fields."""
-
-# Request settings STEER cannot honour: refused by name rather than dropped silently.
-_UNSUPPORTED_CONFIG = {
-    "response_format": "structured output (response_format); use a DSPy adapter (FieldByFieldAdapter) instead",
-    "tool_choice": "tool calling (tool_choice)",
-    "logprobs": "per-token logprobs",
-    "frequency_penalty": "frequency_penalty",
-    "presence_penalty": "presence_penalty",
-    "probabilities": "probability judgments",
-}
 
 # Engines by `SteerEngine.name`, so a saved program whose models were passed in memory can find
 # them again in this process (`load_state`). Weak: a registry never keeps weights alive.
@@ -150,21 +112,20 @@ class SteerDSPyEngine:
     # ------------------------------------------------------------------ DSPy engine protocol
     def complete(self, request: Request) -> Response:
         """Generate one completion for `request` (DSPy calls this once per candidate)."""
-        prompt, negatives, add_to_pool, overrides = self.translate(request)
-        result = _call(self.engine.generate, [prompt], negatives, add_to_pool=add_to_pool, **overrides)[0]
-        return _response(request, result)
+        prompt, options = self.translate(request)
+        with invalid_request():
+            result = self.engine.generate([prompt], options=options)[0]
+        return response(request, result)
 
     def stream(self, request: Request) -> Iterator[Any]:
         """Yield a start event, one text delta per decoded piece, and an end event with usage."""
-        prompt, negatives, add_to_pool, overrides = self.translate(request)
+        prompt, options = self.translate(request)
         yield StreamStartEvent(id=None, model=request.model)
-        events = _call(self.engine.stream, [prompt], negatives, add_to_pool=add_to_pool, **overrides)
+        events = self.engine.stream([prompt], options=options)
         try:
-            for ev in _checked(events):
-                if ev.delta:
-                    yield StreamDeltaEvent(delta=TextDelta(text=ev.delta))
-                if ev.result is not None:
-                    yield StreamEndEvent(finish_reason=_finish(ev.result), usage=_usage(ev.result))
+            with invalid_request():  # raised by the worker while preparing this request
+                for ev in events:
+                    yield from stream_events(ev)
         finally:
             events.close()  # closing early cancels the prompt in the engine
 
@@ -225,95 +186,20 @@ class SteerDSPyEngine:
         return loaded
 
     # ------------------------------------------------------------------ Request -> engine call
-    def translate(self, request: Request) -> tuple[str, list[list[str]] | None, bool | None, dict[str, Any]]:
-        """(prompt, negatives, add_to_pool, SteerConfig overrides) for one `Request`.
+    def translate(self, request: Request) -> tuple[str, CallOptions]:
+        """(prompt, validated `CallOptions`) for one `Request`.
 
         Raises `dspy.lm15` errors, which DSPy turns into its own (`LMUnsupportedFeatureError`,
-        `LMInvalidRequestError`).
+        `LMInvalidRequestError`, `LMConfigurationError`).
         """
-        if not isinstance(request, Request):
-            raise TypeError(f"a STEER engine takes a dspy.lm15.Request, got {type(request).__name__}")
-        if request.model != self.model:
-            raise lm15.ConfigurationError(
-                f"request for model {request.model!r} reached the STEER engine for {self.model!r}. The model string "
-                "carries the hash of the STEER settings (DSPy's cache key ignores the engine): build the LM with "
-                "dspy_steer.steer_lm(...) or dspy.LM(engine.model, engine=engine, async_engine=...)"
-            )
-        if request.tools:
-            names = [getattr(t, "name", "?") for t in request.tools]
-            raise lm15.UnsupportedFeatureError(
-                f"STEER decoding does not support tool calling (got tools {names}); use a DSPy adapter without "
-                "native function calling (the default ChatAdapter or dspy_steer.FieldByFieldAdapter)",
-                feature="tools",
-            )
-        cfg = request.config
-        for name, what in _UNSUPPORTED_CONFIG.items():
-            if getattr(cfg, name, None) is not None:
-                raise lm15.UnsupportedFeatureError(f"STEER decoding does not support {what}", feature=name)
-        if cfg.reasoning is not None and cfg.reasoning.effort != "off":
-            raise lm15.UnsupportedFeatureError(
-                "STEER decoding has no native reasoning mode; use dspy.ChainOfThought for a reasoning field",
-                feature="reasoning",
-            )
-        overrides = dict(self.config)
-        for field in ("temperature", "top_p", "top_k", "seed"):
-            value = getattr(cfg, field)
-            if value is not None:
-                overrides[field] = value
-        if cfg.max_tokens is not None:
-            overrides["max_new_tokens"] = cfg.max_tokens
-        if cfg.stop:
-            overrides["stop"] = list(dict.fromkeys([*self.resolved.stop, *cfg.stop]))
-        negatives, add_to_pool = None, self.add_to_pool
-        per_call = _per_call_options(cfg.extensions)
-        if "negatives" in per_call:
-            negs = per_call.pop("negatives")
-            if (
-                isinstance(negs, str)
-                or not isinstance(negs, list)
-                or not all(isinstance(n, str) for n in negs)
-            ):
-                raise lm15.InvalidRequestError(
-                    f"`negatives` must be a list of strings (this call's negative examples), got {negs!r}"
-                )
-            negatives = [negs]
-        if "add_to_pool" in per_call:
-            add_to_pool = per_call.pop("add_to_pool")
-            if not isinstance(add_to_pool, bool):
-                raise lm15.InvalidRequestError(f"`add_to_pool` must be true or false, got {add_to_pool!r}")
-        if "stop" in per_call and cfg.stop:
-            per_call["stop"] = list(dict.fromkeys([*_as_list(per_call["stop"]), *cfg.stop]))
-        overrides.update(per_call)
-        try:
-            self.engine.config.merged(**overrides)
-        except ValueError as err:  # unknown field or out-of-range value
-            raise lm15.InvalidRequestError(f"invalid STEER setting: {err}") from err
-        return self.render(request), negatives, add_to_pool, overrides
+        check_request(request, self.model)
+        options = call_options(self.engine, request, self.config, self.add_to_pool)
+        return self.render(request), options
 
     def render(self, request: Request) -> str:
-        """The prompt text: the chat template over system + turns. A trailing assistant turn is
-        continued (prefilled), not closed."""
-        messages: list[dict[str, str]] = []
-        if request.system is not None:
-            system = request.system if isinstance(request.system, str) else _text(request.system, "system")
-            messages.append({"role": "system", "content": system})
-        for i, m in enumerate(request.messages):
-            role = {"developer": "system"}.get(m.role, m.role)
-            if role not in ("system", "user", "assistant"):
-                raise lm15.UnsupportedFeatureError(
-                    f"message #{i} has role {m.role!r}; STEER renders system/user/assistant turns only "
-                    "(tool results need tool calling, which STEER does not support)",
-                    feature=f"role:{m.role}",
-                )
-            messages.append({"role": role, "content": _text(m.parts, f"message #{i}")})
-        prefill = None
-        if len(messages) > 1 and messages[-1]["role"] == "assistant":
-            prefill = messages.pop()["content"]
-        try:
-            prompt = self.engine.apply_chat_template(messages, add_generation_prompt=True)
-        except ValueError as err:
-            raise lm15.InvalidRequestError(str(err)) from err
-        return prompt + (prefill or "")
+        """The prompt text: the chat template over system + turns (a trailing assistant turn is
+        continued, not closed)."""
+        return render_prompt(self.engine, request)
 
 
 class AsyncSteerDSPyEngine:
@@ -332,25 +218,20 @@ class AsyncSteerDSPyEngine:
         return self.sync.model
 
     async def complete(self, request: Request) -> Response:
-        prompt, negatives, add_to_pool, overrides = self.sync.translate(request)
-        try:
-            results = await self.sync.engine.agenerate(
-                [prompt], negatives, add_to_pool=add_to_pool, **overrides
-            )
-        except (TypeError, ValueError) as err:
-            raise lm15.InvalidRequestError(str(err)) from err
-        return _response(request, results[0])
+        prompt, options = self.sync.translate(request)
+        with invalid_request():
+            results = await self.sync.engine.agenerate([prompt], options=options)
+        return response(request, results[0])
 
     async def stream(self, request: Request) -> AsyncIterator[Any]:
-        prompt, negatives, add_to_pool, overrides = self.sync.translate(request)
+        prompt, options = self.sync.translate(request)
         yield StreamStartEvent(id=None, model=request.model)
-        events = _call(self.sync.engine.astream, [prompt], negatives, add_to_pool=add_to_pool, **overrides)
+        events = self.sync.engine.astream([prompt], options=options)
         try:
-            async for ev in events:
-                if ev.delta:
-                    yield StreamDeltaEvent(delta=TextDelta(text=ev.delta))
-                if ev.result is not None:
-                    yield StreamEndEvent(finish_reason=_finish(ev.result), usage=_usage(ev.result))
+            with invalid_request():
+                async for ev in events:
+                    for out in stream_events(ev):
+                        yield out
         finally:
             await events.aclose()
 
@@ -363,93 +244,3 @@ class AsyncSteerDSPyEngine:
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> AsyncSteerDSPyEngine:
         return cls(SteerDSPyEngine.load_state(state))
-
-
-# ---------------------------------------------------------------------- helpers
-def _per_call_options(extensions: dict[str, Any] | None) -> dict[str, Any]:
-    extensions = dict(extensions or {})
-    metadata = extensions.pop("metadata", None) or {}
-    if extensions:
-        raise lm15.UnsupportedFeatureError(
-            f"STEER decoding does not support the request option(s) {sorted(extensions)}",
-            feature=sorted(extensions)[0],
-        )
-    if not isinstance(metadata, dict):
-        return {}
-    options = metadata.get(STEER_METADATA_KEY)
-    if options is None:
-        return {}
-    if not isinstance(options, dict):
-        raise lm15.InvalidRequestError(
-            f"metadata[{STEER_METADATA_KEY!r}] must be a dict of STEER settings, got {type(options).__name__}"
-        )
-    unknown = sorted(set(options) - set(SteerConfig.model_fields) - set(PER_CALL_KEYS))
-    if unknown:
-        raise lm15.InvalidRequestError(
-            f"unknown per-call STEER option(s) {unknown}; valid: {sorted([*SteerConfig.model_fields, *PER_CALL_KEYS])}"
-        )
-    return dict(options)
-
-
-def _as_list(stop: Any) -> list[str]:
-    return [stop] if isinstance(stop, str) else list(stop or [])
-
-
-def _text(parts: Sequence[Any], where: str) -> str:
-    texts = []
-    for p in parts:
-        if isinstance(p, TextPart):
-            texts.append(p.text)
-        elif getattr(p, "type", None) == "thinking":
-            continue  # earlier reasoning of an assistant turn is not replayed
-        else:
-            kind = getattr(p, "type", type(p).__name__)
-            raise lm15.UnsupportedFeatureError(
-                f"{where} contains a {kind!r} part; STEER decoding takes text only (images, audio and files "
-                "are not supported): pass text, e.g. a caption instead of an image",
-                feature=f"{kind}s" if kind in ("image", "document") else kind,
-            )
-    return "".join(texts)
-
-
-def _call(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except (TypeError, ValueError) as err:  # bad prompt/negatives/settings, raised before decoding
-        raise lm15.InvalidRequestError(str(err)) from err
-
-
-def _checked(events: Iterator[Any]) -> Iterator[Any]:
-    try:
-        yield from events
-    except (TypeError, ValueError) as err:  # raised by the worker while preparing this request
-        raise lm15.InvalidRequestError(str(err)) from err
-
-
-def _finish(result: SteerResult) -> str:
-    return "length" if result.finish_reason == "length" else "stop"
-
-
-def _usage(result: SteerResult) -> Usage:
-    return Usage(
-        input_tokens=result.prompt_tokens,
-        output_tokens=result.completion_tokens,
-        total_tokens=result.prompt_tokens + result.completion_tokens,
-    )
-
-
-def _response(request: Request, result: SteerResult) -> Response:
-    return Response(
-        id=None,
-        model=request.model,
-        message=Message.assistant([TextPart(result.text)]),
-        finish_reason=_finish(result),
-        usage=_usage(result),
-        provider_data={
-            "steer": {
-                "seed": result.seed,
-                "negatives_used": len(result.negatives_used),
-                "warnings": result.warnings,
-            }
-        },
-    )

@@ -8,9 +8,10 @@ from typing import Any
 
 import dspy
 
-from steer_plugins import NegativePool, SteerConfig, SteerEngine
+from steer_plugins import NegativePool, SteerConfig, SteerEngine, shared_negatives
 
-from .engine import PER_CALL_KEYS, STEER_METADATA_KEY, AsyncSteerDSPyEngine, SteerDSPyEngine
+from .engine import AsyncSteerDSPyEngine, SteerDSPyEngine
+from .translation import PER_CALL_KEYS, STEER_METADATA_KEY
 
 __all__ = ["steer_lm", "steer_options", "steer_call_config"]
 
@@ -121,9 +122,7 @@ def steer_call_config(
     SteerConfig().merged(**config_fields)  # validate values now, not in the worker
     options: dict[str, Any] = dict(config_fields)
     if negatives is not None:
-        if isinstance(negatives, str) or not all(isinstance(n, str) for n in negatives):
-            raise TypeError(f"`negatives` must be a list of strings, got {negatives!r}")
-        options["negatives"] = list(negatives)
+        options["negatives"] = shared_negatives(negatives)
     if add_to_pool is not None:
         options["add_to_pool"] = bool(add_to_pool)
     return {"metadata": {STEER_METADATA_KEY: options}}

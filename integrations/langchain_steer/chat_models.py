@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from concurrent.futures import Future
-from contextvars import ContextVar
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -24,19 +20,17 @@ from langchain_core.messages import (
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
-from langchain_core.runnables.config import get_config_list
+from langchain_core.runnables.config import get_config_list, get_executor_for_config
 from pydantic import ConfigDict
 
-from steer_plugins import SteerEngine, SteerResult, StreamEvent
+from steer_plugins import SteerResult, StreamEvent, usage
 
-from ._common import SteerParams, generation_info_of, sum_usage
+from .params import SteerParams, arelay, generation_info_of, relay
 
 __all__ = ["ChatSteer", "to_chat_dicts"]
 
 #: Threads `ChatSteer.batch` runs at once when the caller sets no `max_concurrency`.
 DEFAULT_BATCH_WIDTH = 32
-#: How long a gathered call waits for the rest of its batch after the last arrival.
-GATHER_WINDOW_S = 0.05
 
 _ROLES: dict[type, str] = {
     SystemMessage: "system",
@@ -56,10 +50,12 @@ class ChatSteer(SteerParams, BaseChatModel):
     carrying `usage_metadata` and the finish reason. `stop` is honoured in every path.
 
     `batch`: LangChain runs one `_generate` per input on a thread pool (6 threads on a 2-core
-    machine by default) and the threads reach the engine milliseconds apart, so the engine's own
-    coalescing split 8 inputs into 2-3 decode batches. `ChatSteer.batch` therefore gives the pool
-    one thread per input (up to `max_concurrency`, else `DEFAULT_BATCH_WIDTH`) and gathers the
-    calls into one `engine.generate` call; `abatch` needs nothing (the engine coalesces it).
+    machine by default) and the threads reach the engine milliseconds apart, so the engine's
+    5 ms coalescing window alone split 8 inputs into 2-3 decode batches. `ChatSteer.batch` gives the
+    pool one thread per input (up to `max_concurrency`, else `DEFAULT_BATCH_WIDTH`) and announces
+    each wave of that many inputs with `engine.expect`, so the engine's scheduler starts them as
+    one batch; with a `seed`, input *i* gets `seed + i` (as in one `SteerLLM.batch` call). `abatch`
+    needs nothing (its calls start together and the engine coalesces them).
 
     Args: as `SteerLLM` (engine or expert/base, `negatives`, `add_to_pool`, any SteerConfig field).
     Per call: `chat.invoke(messages, negatives=[...], gamma=0.5)` or `.bind(...)`.
@@ -81,11 +77,11 @@ class ChatSteer(SteerParams, BaseChatModel):
         return self.engine.apply_chat_template(to_chat_dicts(messages))
 
     def _combine_llm_outputs(self, llm_outputs: list[dict | None]) -> dict:
-        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        totals = usage([])  # zeros
         for out in llm_outputs:
             for k, v in ((out or {}).get("token_usage") or {}).items():
-                usage[k] = usage.get(k, 0) + v
-        return {"token_usage": usage, "model_name": self.engine.name}
+                totals[k] = totals.get(k, 0) + v
+        return {"token_usage": totals, "model_name": self.engine.name}
 
     def batch(
         self,
@@ -95,29 +91,43 @@ class ChatSteer(SteerParams, BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[BaseMessage]:
-        """`Runnable.batch` with the per-input `_generate` calls gathered into engine batches."""
+        """`Runnable.batch` with one pool thread per input, in waves of `max_concurrency` (default
+        `DEFAULT_BATCH_WIDTH`) inputs that the engine is told to expect (`engine.expect`), so each
+        wave's `_generate` calls start as one decode batch. With a `seed` (field or keyword), input
+        *i* gets `seed + i`, as the prompts of one `SteerLLM.batch` call do."""
         if len(inputs) < 2:
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         configs = get_config_list(config, len(inputs))
         width = configs[0].get("max_concurrency") or min(len(inputs), DEFAULT_BATCH_WIDTH)
-        configs = [{**c, "max_concurrency": width} for c in configs]
-        token = _GATHER.set(_Gather(self.engine, total=len(inputs), width=width))
-        try:
-            return super().batch(inputs, configs, return_exceptions=return_exceptions, **kwargs)
-        finally:
-            _GATHER.reset(token)
+        seed = kwargs.pop("seed", self.seed)
+
+        def invoke(i: int) -> BaseMessage | Exception:
+            call = kwargs if seed is None else {**kwargs, "seed": seed + i}
+            try:
+                return self.invoke(inputs[i], configs[i], **call)
+            except Exception as err:
+                if return_exceptions:
+                    return err
+                raise
+
+        outputs: list[Any] = []
+        with get_executor_for_config({**configs[0], "max_concurrency": width}) as pool:
+            for start in range(0, len(inputs), width):
+                wave = range(start, min(start + width, len(inputs)))
+                with self.engine.expect(len(wave)):
+                    outputs += pool.map(invoke, wave)
+        return outputs
 
     # ------------------------------------------------------------------ generate / stream
     def _result(self, result: SteerResult) -> ChatResult:
-        info = generation_info_of(result)
         message = AIMessage(
             content=result.text,
             usage_metadata=_usage_metadata(result),
             response_metadata={"finish_reason": result.finish_reason, "model_name": self.engine.name},
         )
         return ChatResult(
-            generations=[ChatGeneration(message=message, generation_info=info)],
-            llm_output={"token_usage": sum_usage([result]), "model_name": self.engine.name},
+            generations=[ChatGeneration(message=message, generation_info=generation_info_of(result))],
+            llm_output={"token_usage": usage(result), "model_name": self.engine.name},
         )
 
     def _generate(
@@ -127,12 +137,8 @@ class ChatSteer(SteerParams, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        args = self._engine_args(1, stop, kwargs)
-        prompt = self.render(messages)
-        gather = _GATHER.get()
-        if gather is not None and gather.engine is self.engine:
-            return self._result(gather.submit(prompt, args))
-        return self._result(self.engine.generate([prompt], **args)[0])
+        options = self._call_options(1, stop, kwargs)
+        return self._result(self.engine.generate([self.render(messages)], options=options)[0])
 
     async def _agenerate(
         self,
@@ -141,9 +147,8 @@ class ChatSteer(SteerParams, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        args = self._engine_args(1, stop, kwargs)
-        results = await self.engine.agenerate([self.render(messages)], **args)
-        return self._result(results[0])
+        options = self._call_options(1, stop, kwargs)
+        return self._result((await self.engine.agenerate([self.render(messages)], options=options))[0])
 
     def _stream(
         self,
@@ -152,14 +157,9 @@ class ChatSteer(SteerParams, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        args = self._engine_args(1, stop, kwargs)
-        for ev in self.engine.stream([self.render(messages)], **args):
-            chunk = self._chunk(ev)
-            if chunk is None:
-                continue
-            if run_manager is not None:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
+        options = self._call_options(1, stop, kwargs)
+        events = self.engine.stream([self.render(messages)], options=options)
+        yield from relay(events, self._chunk, run_manager)
 
     async def _astream(
         self,
@@ -168,13 +168,9 @@ class ChatSteer(SteerParams, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        args = self._engine_args(1, stop, kwargs)
-        async for ev in self.engine.astream([self.render(messages)], **args):
-            chunk = self._chunk(ev)
-            if chunk is None:
-                continue
-            if run_manager is not None:
-                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        options = self._call_options(1, stop, kwargs)
+        events = self.engine.astream([self.render(messages)], options=options)
+        async for chunk in arelay(events, self._chunk, run_manager):
             yield chunk
 
     def _chunk(self, ev: StreamEvent) -> ChatGenerationChunk | None:
@@ -191,77 +187,6 @@ class ChatSteer(SteerParams, BaseChatModel):
         if not ev.delta:
             return None
         return ChatGenerationChunk(message=AIMessageChunk(content=ev.delta))
-
-
-_GATHER: ContextVar[_Gather | None] = ContextVar("langchain_steer_gather", default=None)
-
-
-class _Gather:
-    """Collects the `_generate` calls of one `ChatSteer.batch` (each on its own pool thread) and
-    submits each full wave of them as one `engine.generate` call.
-
-    A wave is full when `min(width, inputs not yet submitted)` calls are waiting; calls that never
-    come (a cache hit, an error before `_generate`) are covered by `GATHER_WINDOW_S`: a waiting call
-    flushes whatever is pending once no call arrived for that long. Calls whose settings differ
-    go to the engine as separate requests of the same wave (the engine coalesces those).
-    """
-
-    def __init__(self, engine: SteerEngine, *, total: int, width: int) -> None:
-        self.engine, self.left, self.width = engine, total, width
-        self.cond = threading.Condition()
-        self.pending: list[tuple[str, dict[str, Any], Future]] = []
-        self.last_arrival = time.monotonic()
-
-    def submit(self, prompt: str, args: dict[str, Any]) -> SteerResult:
-        fut: Future = Future()
-        with self.cond:
-            self.pending.append((prompt, args, fut))
-            self.last_arrival = time.monotonic()
-            wave = None
-            while wave is None and fut in (f for _, _, f in self.pending):
-                full = len(self.pending) >= min(self.width, self.left)
-                if full or time.monotonic() - self.last_arrival >= GATHER_WINDOW_S:
-                    wave = self._take()
-                else:
-                    self.cond.wait(GATHER_WINDOW_S - (time.monotonic() - self.last_arrival))
-        if wave is not None:
-            self._run(wave)
-        return fut.result()
-
-    def _take(self) -> list[tuple[str, dict[str, Any], Future]]:
-        wave, self.pending = self.pending, []
-        self.left -= len(wave)
-        self.cond.notify_all()
-        return wave
-
-    def _run(self, wave: list[tuple[str, dict[str, Any], Future]]) -> None:
-        groups: dict[str, list[tuple[str, dict[str, Any], Future]]] = {}
-        for item in wave:
-            args = item[1]
-            key = repr(sorted((k, v) for k, v in args.items() if k != "negatives"))
-            groups.setdefault(f"{key}|{args['negatives'] is None}", []).append(item)
-        requests = []
-        for items in groups.values():
-            args = {k: v for k, v in items[0][1].items() if k != "negatives"}
-            negs = None if items[0][1]["negatives"] is None else [it[1]["negatives"][0] for it in items]
-            requests.append((items, args, negs))
-
-        def run(items, args, negs) -> None:
-            try:
-                results = self.engine.generate([p for p, _, _ in items], negatives=negs, **args)
-            except BaseException as err:  # noqa: BLE001 - handed to every caller of the wave
-                for _, _, f in items:
-                    f.set_exception(err)
-                return
-            for (_, _, f), r in zip(items, results, strict=True):
-                f.set_result(r)
-
-        threads = [threading.Thread(target=run, args=req, daemon=True) for req in requests[1:]]
-        for t in threads:
-            t.start()
-        run(*requests[0])
-        for t in threads:
-            t.join()
 
 
 def to_chat_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
@@ -302,8 +227,7 @@ def _text_of(message: BaseMessage, i: int) -> str:
 
 
 def _usage_metadata(result: SteerResult) -> UsageMetadata:
+    u = usage(result)
     return UsageMetadata(
-        input_tokens=result.prompt_tokens,
-        output_tokens=result.completion_tokens,
-        total_tokens=result.prompt_tokens + result.completion_tokens,
+        input_tokens=u["prompt_tokens"], output_tokens=u["completion_tokens"], total_tokens=u["total_tokens"]
     )

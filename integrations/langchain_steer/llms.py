@@ -10,9 +10,9 @@ from langchain_core.language_models.llms import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict
 
-from steer_plugins import SteerResult, StreamEvent
+from steer_plugins import SteerResult, StreamEvent, usage
 
-from ._common import CALL_KWARGS, CONFIG_FIELDS, SteerParams, generation_info_of, sum_usage
+from .params import CALL_KWARGS, CONFIG_FIELDS, SteerParams, arelay, generation_info_of, relay
 
 __all__ = ["SteerLLM"]
 
@@ -88,27 +88,17 @@ class SteerLLM(SteerParams, BaseLLM):
         return "steer"
 
     def _with_overrides(self, kwargs: dict[str, Any]) -> tuple[SteerLLM, dict[str, Any]]:
-        """Fold per-call STEER options into a copy of this model, so that LangChain's LLM cache key
-        (built from `_identifying_params`, not from call kwargs) sees them."""
-        steer_keys = {k for k in kwargs if k in CONFIG_FIELDS or k in CALL_KWARGS}
-        lc_kwargs = {k: v for k, v in kwargs.items() if k not in steer_keys}
-        if not steer_keys:
-            return self, lc_kwargs
-        overrides, options = self._split_call({k: kwargs[k] for k in steer_keys})
-        cfg = self.steer_config.merged(**overrides)  # validates; raises ValueError naming the field
-        update = {k: getattr(cfg, k) for k in overrides} | options
-        return self.model_copy(update=update), lc_kwargs
-
-    def _check_lc_kwargs(self, kwargs: dict[str, Any]) -> None:
-        lc_only = {"tags", "metadata", "run_name", "run_id"}
-        self._split_call({k: v for k, v in kwargs.items() if k not in lc_only})  # unknown names raise
+        """Fold per-call STEER settings into a copy of this model, so that LangChain's LLM cache key
+        (built from `_identifying_params`, not from call kwargs) sees them; the rest are LangChain's
+        (or unknown: `_generate` refuses those, naming them)."""
+        steer = {k: v for k, v in kwargs.items() if k in CONFIG_FIELDS or k in CALL_KWARGS}
+        rest = {k: v for k, v in kwargs.items() if k not in steer}
+        return (self.model_copy(update=steer) if steer else self), rest
 
     def generate(
         self, prompts: list[str], stop: list[str] | None = None, callbacks: Any = None, **kwargs: Any
     ):
         llm, rest = self._with_overrides(kwargs)
-        self._check_lc_kwargs(rest)
-        _check_prompts(prompts)
         if llm is not self:
             return llm.generate(prompts, stop, callbacks, **rest)
         return super().generate(prompts, stop, callbacks, **rest)
@@ -117,8 +107,6 @@ class SteerLLM(SteerParams, BaseLLM):
         self, prompts: list[str], stop: list[str] | None = None, callbacks: Any = None, **kwargs: Any
     ):
         llm, rest = self._with_overrides(kwargs)
-        self._check_lc_kwargs(rest)
-        _check_prompts(prompts)
         if llm is not self:
             return await llm.agenerate(prompts, stop, callbacks, **rest)
         return await super().agenerate(prompts, stop, callbacks, **rest)
@@ -138,9 +126,9 @@ class SteerLLM(SteerParams, BaseLLM):
         return LLMResult(
             generations=[[Generation(text=r.text, generation_info=generation_info_of(r))] for r in results],
             llm_output={
-                "token_usage": sum_usage(results),
+                "token_usage": usage(results),
                 "model_name": self.engine.name,
-                "fingerprint": self.engine.fingerprint(**self.steer_config.model_dump()),
+                "fingerprint": self.engine.fingerprint(**self._config_fields()),
             },
         )
 
@@ -151,8 +139,8 @@ class SteerLLM(SteerParams, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        args = self._engine_args(len(prompts), stop, kwargs)
-        return self._result(self.engine.generate(prompts, **args))
+        options = self._call_options(len(prompts), stop, kwargs)
+        return self._result(self.engine.generate(prompts, options=options))
 
     async def _agenerate(
         self,
@@ -161,8 +149,8 @@ class SteerLLM(SteerParams, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        args = self._engine_args(len(prompts), stop, kwargs)
-        return self._result(await self.engine.agenerate(prompts, **args))
+        options = self._call_options(len(prompts), stop, kwargs)
+        return self._result(await self.engine.agenerate(prompts, options=options))
 
     def _stream(
         self,
@@ -171,15 +159,8 @@ class SteerLLM(SteerParams, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        _check_prompts([prompt])
-        args = self._engine_args(1, stop, kwargs)
-        for ev in self.engine.stream([prompt], **args):
-            chunk = _chunk(ev)
-            if chunk is None:
-                continue
-            if run_manager is not None:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
+        options = self._call_options(1, stop, kwargs)
+        yield from relay(self.engine.stream([prompt], options=options), _chunk, run_manager)
 
     async def _astream(
         self,
@@ -188,14 +169,8 @@ class SteerLLM(SteerParams, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        _check_prompts([prompt])
-        args = self._engine_args(1, stop, kwargs)
-        async for ev in self.engine.astream([prompt], **args):
-            chunk = _chunk(ev)
-            if chunk is None:
-                continue
-            if run_manager is not None:
-                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        options = self._call_options(1, stop, kwargs)
+        async for chunk in arelay(self.engine.astream([prompt], options=options), _chunk, run_manager):
             yield chunk
 
 
@@ -206,11 +181,3 @@ def _chunk(ev: StreamEvent) -> GenerationChunk | None:
     if not ev.delta:
         return None
     return GenerationChunk(text=ev.delta)
-
-
-def _check_prompts(prompts: Any) -> None:
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise TypeError(f"prompt #{i} must be a str, got {type(p).__name__}")
-        if not p:
-            raise ValueError(f"prompt #{i} is empty: STEER conditions the expert and base on the prompt")

@@ -16,11 +16,21 @@ def recording(engine):
         real = getattr(engine, name)
 
         def wrapper(prompts, negatives=None, *a, _real=real, _name=name, **kw):
-            calls.append({"method": _name, "prompts": list(prompts), "negatives": negatives, **kw})
+            calls.append({"method": _name, "prompts": list(prompts), **as_keywords(negatives, kw)})
             return _real(prompts, negatives, *a, **kw)
 
         setattr(engine, name, wrapper)
     return calls
+
+
+def as_keywords(negatives, kw):
+    """A call's settings as keywords: `options=` (a CallOptions) spelled out as its config fields,
+    `negatives` (lists) and `add_to_pool`."""
+    opts = kw.get("options")
+    if opts is None:
+        return {"negatives": negatives, **kw}
+    negatives = None if opts.negatives is None else [list(n) for n in opts.negatives]
+    return {**opts.config.model_dump(), "negatives": negatives, "add_to_pool": opts.add_to_pool}
 
 
 def test_steer_lm_is_a_dspy_lm_with_custom_engines(lm):

@@ -10,7 +10,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import PromptTemplate
 from langchain_steer import ChatSteer, SteerLLM
-from langchain_steer._common import CONFIG_FIELDS
+from langchain_steer.params import CONFIG_FIELDS
 
 from steer_plugins import SteerConfig
 
@@ -28,13 +28,23 @@ class Recorder:
 
     def _wrap(self, name, fn):
         def call(prompts, *args, **kwargs):
-            self.calls.append((name, list(prompts), kwargs))
+            self.calls.append((name, list(prompts), as_keywords(kwargs)))
             return fn(prompts, *args, **kwargs)
 
         return call
 
     def names(self) -> list[str]:
         return [c[0] for c in self.calls]
+
+
+def as_keywords(kwargs: dict) -> dict:
+    """A call's settings as keywords: `options=` (a CallOptions) spelled out as its config fields,
+    `negatives` (lists) and `add_to_pool`."""
+    opts = kwargs.get("options")
+    if opts is None:
+        return kwargs
+    negatives = None if opts.negatives is None else [list(n) for n in opts.negatives]
+    return {**opts.config.model_dump(), "negatives": negatives, "add_to_pool": opts.add_to_pool}
 
 
 class TokenCollector(BaseCallbackHandler):

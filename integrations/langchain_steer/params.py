@@ -5,26 +5,41 @@ its STEER configuration: they show up in `_identifying_params` (LangChain's cach
 swept with `.configurable_fields(...)`, and any of them can be overridden per call through
 `.bind(...)` or invoke keyword arguments. Fields not given at construction take the engine's
 defaults (`engine.config`).
+
+A call becomes one `steer_plugins.CallOptions` (`SteerParams._call_options`: the model's fields, the
+call's keywords and its `stop`, validated once by `CallOptions.build`) and one engine call; stop
+merging, the negatives check and token usage are the engine's helpers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from langchain_core.runnables import ConfigurableField
 from pydantic import ConfigDict, Field, create_model, model_validator
 
-from steer_plugins import SteerConfig, SteerEngine, SteerResult
+from steer_plugins import (
+    CALL_KEYS,
+    CallOptions,
+    SteerConfig,
+    SteerEngine,
+    SteerResult,
+    StreamEvent,
+    merge_stops,
+    shared_negatives,
+    usage,
+)
 
-__all__ = ["CONFIG_FIELDS", "CALL_KWARGS", "SteerParams", "usage_of", "generation_info_of"]
+__all__ = ["CONFIG_FIELDS", "CALL_KWARGS", "SteerParams", "arelay", "generation_info_of", "relay"]
 
 #: The `SteerConfig` fields mirrored as model fields (a test checks this stays in sync).
 CONFIG_FIELDS: tuple[str, ...] = tuple(SteerConfig.model_fields)
-#: Per-call keyword arguments that are not config fields.
+#: Per-call keyword arguments that are not config fields (the engine's other `CALL_KEYS`, such as
+#: per-prompt `seeds`, have no LangChain form and are refused).
 CALL_KWARGS: tuple[str, ...] = ("negatives", "add_to_pool")
-_ENGINE_ONLY = ("expert", "base", "pool", "engine_kwargs")
 _D = SteerConfig.model_fields
+C = TypeVar("C")
 
 # Every SteerConfig field, with its type, default and description, generated so the two never drift.
 _ConfigFields = create_model(
@@ -86,68 +101,62 @@ class SteerParams(_ConfigFields):
                 "`pool` only seeds an engine built from `expert=`; with `engine=` add real examples with "
                 "engine.pool.add([...], real=True)"
             )
-        defaults = engine.config.model_dump()
-        for name in CONFIG_FIELDS:
-            if name not in data:
-                data[name] = defaults[name]
-        cfg = SteerConfig.model_validate({name: data[name] for name in CONFIG_FIELDS})
-        data.update(cfg.model_dump())  # normalised (e.g. stop="x" -> ["x"])
-        data["negatives"] = check_negatives(data.get("negatives"))
+        cfg = engine.config.merged(**{name: data[name] for name in CONFIG_FIELDS if name in data})
+        data.update(cfg.model_dump())  # every field, normalised (e.g. stop="x" -> ["x"])
+        data["negatives"] = shared_negatives(data.get("negatives"))
         return data
 
-    # ---- helpers the adapters share ----
+    # ---- what the adapters share ----
     @property
     def steer_config(self) -> SteerConfig:
         """The resolved `SteerConfig` of this model (its fields)."""
-        return SteerConfig.model_validate({name: getattr(self, name) for name in CONFIG_FIELDS})
+        return SteerConfig.model_validate(self._config_fields())
 
     @property
     def _identifying_params(self) -> Mapping[str, Any]:
-        """Every setting that changes the output (LangChain's cache key; chat adds the call kwargs)."""
-        return self._steer_identity()
+        """Every setting that changes the output (LangChain's cache key; chat adds the call kwargs):
+        the model pair's fingerprint, every config field, the negatives."""
+        fields = self._config_fields()
+        return {
+            "model": self.engine.name,
+            "fingerprint": self.engine.fingerprint(**fields),
+            **fields,
+            "negatives": self.negatives,
+        }
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of `text` with the engine's tokenizer (never downloads one)."""
         return list(self.engine.tokenizer(text).input_ids)
 
-    def _steer_identity(self) -> dict[str, Any]:
-        """Everything that changes the output: model pair fingerprint, every config field, negatives."""
-        cfg = self.steer_config
-        return {
-            "model": self.engine.name,
-            "fingerprint": self.engine.fingerprint(**cfg.model_dump()),
-            **cfg.model_dump(mode="json"),
-            "negatives": self.negatives,
-        }
+    def _config_fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in CONFIG_FIELDS}
 
-    def _split_call(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Split invoke/bind kwargs into (config overrides, call options); unknown names raise."""
-        unknown = sorted(set(kwargs) - set(CONFIG_FIELDS) - set(CALL_KWARGS))
-        if unknown:
+    def _call_options(
+        self, n: int, stop: Sequence[str] | str | None, kwargs: Mapping[str, Any]
+    ) -> CallOptions:
+        """The one validated `CallOptions` of a call over `n` prompts: this model's fields, then the
+        call's keywords (any `SteerConfig` field, `negatives`, `add_to_pool`), the call's `stop`
+        merged after the `stop` field.
+
+        Raises:
+            ValueError / TypeError: an unknown keyword (the message lists the valid ones) or a bad value.
+        """
+        refused = sorted(set(kwargs) & (set(CALL_KEYS) - set(CALL_KWARGS)))
+        if refused:
             raise ValueError(
-                f"unknown keyword argument(s) {unknown} for {type(self).__name__}; per-call options are the "
-                f"SteerConfig fields {list(CONFIG_FIELDS)} and {list(CALL_KWARGS)} (e.g. "
-                f".bind(negatives=['...'], gamma=0.5))"
+                f"{refused} cannot be set per call on {type(self).__name__}: per-call options are the "
+                f"SteerConfig fields and {list(CALL_KWARGS)} (e.g. .bind(negatives=['...'], gamma=0.5))"
             )
-        overrides = {k: v for k, v in kwargs.items() if k in CONFIG_FIELDS}
-        options = {k: v for k, v in kwargs.items() if k in CALL_KWARGS}
-        if "negatives" in options:
-            options["negatives"] = check_negatives(options["negatives"])
-        return overrides, options
-
-    def _engine_args(
-        self, n_prompts: int, stop: Sequence[str] | None, kwargs: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Keyword arguments for engine.generate/stream: the full config (fields + overrides + stop)
-        plus negatives (one list per prompt) and add_to_pool."""
-        overrides, options = self._split_call(kwargs)
-        cfg = self.steer_config.merged(**overrides)
-        stops = list(dict.fromkeys([*cfg.stop, *(_check_stop(stop))]))
-        args = {**cfg.model_dump(), "stop": stops}
-        negatives = options.get("negatives", self.negatives)
-        args["negatives"] = None if negatives is None else [list(negatives)] * n_prompts
-        args["add_to_pool"] = options.get("add_to_pool", self.add_to_pool)
-        return args
+        call = {
+            **self._config_fields(),
+            "negatives": self.negatives,
+            "add_to_pool": self.add_to_pool,
+            **kwargs,
+        }
+        negatives = shared_negatives(call["negatives"])
+        call["negatives"] = None if negatives is None else [negatives] * n
+        call["stop"] = merge_stops(call["stop"], stop)
+        return CallOptions.build(self.engine.config, n, call)
 
     def configurable_steering(self, *fields: str):
         """This model with `fields` (default: gamma, eta) as configurable fields of the same id.
@@ -165,55 +174,40 @@ class SteerParams(_ConfigFields):
         )
 
 
-def check_negatives(negatives: Any) -> list[str] | None:
-    """None, or a list of strings (one list shared by every prompt of the call)."""
-    if negatives is None:
-        return None
-    if isinstance(negatives, str) or not isinstance(negatives, Sequence):
-        raise TypeError(
-            f"`negatives` must be a list of strings (shared by every prompt), got {type(negatives).__name__}: "
-            "wrap one example in a list, or pass None to draw from engine.pool"
-        )
-    bad = [type(n).__name__ for n in negatives if not isinstance(n, str)]
-    if bad:
-        raise TypeError(f"`negatives` must hold only strings, got {bad}")
-    return list(negatives)
-
-
-def _check_stop(stop: Any) -> list[str]:
-    if stop is None:
-        return []
-    if isinstance(stop, str):
-        return [stop]
-    return list(stop)
-
-
-def usage_of(result: SteerResult) -> dict[str, int]:
-    """OpenAI-style token usage of one result."""
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.prompt_tokens + result.completion_tokens,
-    }
-
-
 def generation_info_of(result: SteerResult) -> dict[str, Any]:
     """What a LangChain generation carries besides the text."""
     return {
         "finish_reason": result.finish_reason,
         "negatives_used": list(result.negatives_used),
         "negatives_dropped": list(result.negatives_dropped),
-        **usage_of(result),
+        **usage(result),
         "token_ids": list(result.token_ids),
         "seed": result.seed,
         "warnings": result.warnings,
     }
 
 
-def sum_usage(results: Sequence[SteerResult]) -> dict[str, int]:
-    """Token usage summed over results (an `llm_output["token_usage"]`)."""
-    total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    for r in results:
-        for k, v in usage_of(r).items():
-            total[k] += v
-    return total
+def relay(
+    events: Iterable[StreamEvent], to_chunk: Callable[[StreamEvent], C | None], run_manager: Any
+) -> Iterator[C]:
+    """Engine stream events as LangChain chunks (empty deltas dropped), each reported to `run_manager`."""
+    for ev in events:
+        chunk = to_chunk(ev)
+        if chunk is None:
+            continue
+        if run_manager is not None:
+            run_manager.on_llm_new_token(chunk.text, chunk=chunk)  # type: ignore[attr-defined]
+        yield chunk
+
+
+async def arelay(
+    events: AsyncIterable[StreamEvent], to_chunk: Callable[[StreamEvent], C | None], run_manager: Any
+) -> AsyncIterator[C]:
+    """`relay` for asyncio (the async run manager's callbacks are awaited)."""
+    async for ev in events:
+        chunk = to_chunk(ev)
+        if chunk is None:
+            continue
+        if run_manager is not None:
+            await run_manager.on_llm_new_token(chunk.text, chunk=chunk)  # type: ignore[attr-defined]
+        yield chunk
