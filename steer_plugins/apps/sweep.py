@@ -2,8 +2,9 @@
 
 `run_sweep` generates one resumable JSONL per (γ, η) cell (`g0.4_e0.8.jsonl`), scores all cells
 against the real reference at one common sample size, and writes `sweep.json` plus PNGs:
-`heatmap_<metric>.png` for each metric and `pareto.png` (diversity vs fidelity, the
-non-dominated cells joined). Plots use matplotlib's Agg backend (no display needed).
+`heatmap_<metric>.png` for each metric, `pareto.png` (diversity vs fidelity, the
+non-dominated cells joined) and `report.html` (`steer_plugins.apps.report`: the table, the plots and
+samples of every cell with invented words highlighted, in one self-contained page). Plots use matplotlib's Agg backend (no display needed).
 
 Example:
     >>> parse_grid("0,0.4,0.8")
@@ -21,8 +22,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .eval.lexicon import read_finish_reasons
 from .eval.metrics import METRICS, evaluate, higher_is_better
 from .pipeline import generate_to_file
+from .report import write_report
 
 __all__ = [
     "DEFAULT_DIVERSITY_METRIC",
@@ -195,6 +198,29 @@ def _generate_cells(
     return texts, gen_stats
 
 
+def _write_sweep_report(
+    out_dir: Path,
+    result: Mapping[str, Any],
+    texts: Mapping[str, Sequence[str]],
+    reference: Sequence[str],
+    points: Sequence[tuple[str, float, float]],
+) -> Path:
+    """`report.html`: the table, the Pareto plot, the γ × η heat maps and every cell's samples."""
+    front = ", ".join(result["pareto_front"])
+    return write_report(
+        out_dir / "report.html",
+        title=f"steer sweep: γ {result['gammas']} × η {result['etas']}, n={result['n']}",
+        results=result["results"],
+        samples=texts,
+        reference=list(reference),
+        notes=[f"Pareto front ({result['diversity_metric']} vs {result['fidelity_metric']}): {front}"],
+        pareto=points,
+        x_label=result["diversity_metric"],
+        y_label=result["fidelity_metric"],
+        images={f"γ × η heat map: {Path(p).stem.removeprefix('heatmap_')}": p for p in result["plots"][:-1]},
+    )
+
+
 def run_sweep(
     engine: Any,
     prompt: str,
@@ -231,7 +257,14 @@ def run_sweep(
     texts, gen_stats = _generate_cells(
         engine, prompt, n, out_dir, cells, seed=seed, close_with=close_with, progress=progress, **overrides
     )
-    scores = evaluate(texts, list(reference), metrics=chosen, seed=seed)
+    reasons = {name: read_finish_reasons(out_dir / f"{name}.jsonl") for name in texts}
+    scores = evaluate(
+        texts,
+        list(reference),
+        metrics=chosen,
+        seed=seed,
+        finish_reasons={k: v for k, v in reasons.items() if v is not None},
+    )
     grid = {(g, e): scores[cell_name(g, e)] for g, e in cells}
     heatmaps = plot_heatmaps(grid, gammas, etas, out_dir, chosen)
     points = [
@@ -251,8 +284,11 @@ def run_sweep(
         "results": scores,
         "generation": gen_stats,
         "pareto_front": pareto_front(points),
+        "diversity_metric": diversity_metric,
+        "fidelity_metric": fidelity_metric,
         "plots": [str(p) for p in [*heatmaps, pareto]],
         "overrides": overrides,
     }
+    result["report"] = str(_write_sweep_report(out_dir, result, texts, reference, points))
     (out_dir / "sweep.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     return result

@@ -88,8 +88,12 @@ def test_one_example_reference_or_set_is_an_error():
 
 
 def test_interval_centres_on_estimate_and_handles_nan():
-    lo, hi = interval(0.5, [0.1, 0.2, 0.3, 0.4, 0.5])
-    assert lo < 0.5 < hi and hi - lo == pytest.approx(0.38)
+    few = [0.1, 0.2, 0.3, 0.4, 0.5]  # under 100 replicates: normal interval, ±1.96·sd
+    lo, hi = interval(0.5, few)
+    assert (hi - lo) / 2 == pytest.approx(1.96 * np.std(few, ddof=1), rel=1e-3)
+    many = np.linspace(-1, 1, 201)  # percentile interval of the deviations, centred on the estimate
+    lo, hi = interval(0.5, many)
+    assert (lo, hi) == (pytest.approx(0.5 - 0.95), pytest.approx(0.5 + 0.95))
     assert all(math.isnan(v) for v in interval(float("nan"), [0.1, 0.2]))
     assert all(math.isnan(v) for v in interval(0.5, [float("nan")] * 3 + [0.1]))
 

@@ -27,8 +27,9 @@ HELP = "γ × η grid: generate, evaluate, heat maps and a diversity–fidelity 
 EPILOG = """example:
   steer sweep --reference heldout.jsonl --pool train.jsonl --gammas 0,0.4,0.8 --etas 0,0.4,0.8 \\
       --n 32 --max-new-tokens 40 --stop '?' --out sweep/
-Writes sweep/g<γ>_e<η>.jsonl per cell (resumable), sweep/sweep.json, sweep/heatmap_<metric>.png and
-sweep/pareto.png (diversity vs fidelity; the Pareto front is joined).
+Writes sweep/g<γ>_e<η>.jsonl per cell (resumable), sweep/sweep.json, sweep/heatmap_<metric>.png,
+sweep/pareto.png (diversity vs fidelity; the Pareto front is joined) and sweep/report.html (one
+self-contained page: table, plots, samples with invented words highlighted).
 """
 DEFAULT_GRID = "0,0.4,0.8"
 """Default `--gammas` and `--etas`."""
@@ -94,5 +95,6 @@ def run(args: argparse.Namespace) -> int:
     front = ", ".join(result["pareto_front"])
     print(f"Pareto front ({args.diversity_metric} vs {args.fidelity_metric}): {front}")
     print("plots:", *result["plots"], sep="\n  ")
+    print(f"report: {result['report']}")
     print(f"{time.perf_counter() - t0:.0f} s; results in {Path(args.out) / 'sweep.json'}")
     return 0

@@ -35,11 +35,20 @@ import numpy as np
 
 from .metrics import DEFAULT_SELF_BLEU_MAX, Metric, MetricInput, compute, prepare
 
-__all__ = ["DEFAULT_RESAMPLES", "DEFAULT_CONFIDENCE", "replicates", "interval", "evaluate_with_ci"]
+__all__ = [
+    "DEFAULT_RESAMPLES",
+    "DEFAULT_CONFIDENCE",
+    "MIN_PERCENTILE_RESAMPLES",
+    "replicates",
+    "interval",
+    "evaluate_with_ci",
+]
 
 DEFAULT_RESAMPLES = 200
 """Resamples B per interval (`steer evaluate --resamples`)."""
 DEFAULT_CONFIDENCE = 0.95
+MIN_PERCENTILE_RESAMPLES = 100
+"""Below this many finite replicates, `interval` is the normal one (mean ± z·sd)."""
 
 
 def _half(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -58,7 +67,12 @@ def _resampled(given: MetricInput, idx: np.ndarray, ref_idx: np.ndarray | None) 
 
 
 def replicates(
-    chosen: Sequence[Metric], given: MetricInput, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+    chosen: Sequence[Metric],
+    given: MetricInput,
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    fewer: Mapping[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """The B half-sample values of every chosen metric for one prepared set (see the module doc).
 
@@ -68,6 +82,8 @@ def replicates(
         resamples: B, at least 2.
         seed: seeds the half-samples; replicate b draws the same reference half-sample for every
             set given the same `seed`.
+        fewer: metric → a smaller B for costly metrics (MAUVE, AUROC take about a second each);
+            such a metric is computed on the first B' of the B half-samples.
 
     Returns:
         metric name → array of B values (NaN where a resample's value is undefined).
@@ -76,14 +92,16 @@ def replicates(
         raise ValueError(f"`resamples` must be >= 2, got {resamples}")
     metrics = [m for m in chosen if not (given.own and m.uses_reference)]
     n_ref = 0 if given.real_embeddings is None else len(given.real_embeddings)
-    values = {m.name: np.full(resamples, np.nan) for m in metrics}
+    limit = {m.name: min(resamples, max(2, (fewer or {}).get(m.name, resamples))) for m in metrics}
+    values = {m.name: np.full(limit[m.name], np.nan) for m in metrics}
     set_rng = np.random.default_rng([seed, 1])
     for b in range(resamples):
         idx = _half(len(given.texts), set_rng)
         ref_idx = _half(n_ref, np.random.default_rng([seed, 2, b])) if n_ref else None
         sub = _resampled(given, idx, ref_idx)
         for m in metrics:
-            values[m.name][b] = m.compute(sub)
+            if b < limit[m.name]:
+                values[m.name][b] = m.compute(sub)
     return values
 
 
@@ -92,7 +110,9 @@ def interval(
 ) -> tuple[float, float]:
     """`estimate` plus the central `confidence` quantiles of the replicates' deviations from their mean.
 
-    Returns (NaN, NaN) when the estimate is NaN or fewer than half the replicates are finite.
+    With fewer than `MIN_PERCENTILE_RESAMPLES` finite replicates the tails are too thin for
+    quantiles, and the normal interval `estimate ± z·sd(replicates)` is used instead. Returns
+    (NaN, NaN) when the estimate is NaN or fewer than half the replicates are finite.
     """
     v = np.asarray(values, dtype=np.float64)
     finite = v[np.isfinite(v)]
@@ -100,8 +120,20 @@ def interval(
         return float("nan"), float("nan")
     tail = (1.0 - confidence) / 2.0
     dev = finite - finite.mean()
+    if len(finite) < MIN_PERCENTILE_RESAMPLES:
+        from statistics import NormalDist
+
+        half = NormalDist().inv_cdf(1.0 - tail) * float(dev.std(ddof=1))
+        return float(estimate - half), float(estimate + half)
     lo, hi = np.quantile(dev, [tail, 1.0 - tail])
     return float(estimate + lo), float(estimate + hi)
+
+
+def _clipped(metric: str, bounds: tuple[float, float]) -> list[float]:
+    """An interval clipped to the metric's range: [1, ∞) for Vendi, [0, 1] for every other metric."""
+    lo, hi = bounds
+    floor, ceiling = (1.0, math.inf) if metric == "vendi" else (0.0, 1.0)
+    return [min(max(lo, floor), ceiling), min(max(hi, floor), ceiling)]
 
 
 def evaluate_with_ci(
@@ -116,6 +148,7 @@ def evaluate_with_ci(
     self_bleu_max: int = DEFAULT_SELF_BLEU_MAX,
     reference_name: str | None = None,
     finish_reasons: Mapping[str, Sequence[str | None]] | None = None,
+    fewer: Mapping[str, int] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """`evaluate`, plus a `confidence` interval for every metric of every set.
 
@@ -124,6 +157,7 @@ def evaluate_with_ci(
     Args:
         resamples: B half-samples per set (seeded by `seed`; same seed, same intervals).
         confidence: the interval's coverage, in (0, 1).
+        fewer: metric → fewer resamples for costly metrics (see `replicates`).
 
     Returns:
         name → `{"sample_size": n, <metric>: value, ..., "ci": {<metric>: [lo, hi]},
@@ -144,8 +178,8 @@ def evaluate_with_ci(
     results: dict[str, dict[str, Any]] = {}
     for name, given in inputs.items():
         row: dict[str, Any] = compute(chosen, given)
-        reps = replicates(chosen, given, resamples=resamples, seed=seed)
-        row["ci"] = {m: list(interval(row[m], v, confidence=confidence)) for m, v in reps.items()}
+        reps = replicates(chosen, given, resamples=resamples, seed=seed, fewer=fewer)
+        row["ci"] = {m: _clipped(m, interval(row[m], v, confidence=confidence)) for m, v in reps.items()}
         row["ci_resamples"] = resamples
         results[name] = row
     return results
