@@ -1,5 +1,6 @@
 """STEER data augmentation on Ray Data: `augment(ds, SteerAugmenter(...), num_actors=2)`."""
 
-from .augment import AugmentActor, SharedPool, augment
+from .actors import AugmentActor, SharedPool
+from .augment import augment
 
 __all__ = ["AugmentActor", "SharedPool", "augment"]

@@ -1,10 +1,9 @@
 """Run a `SteerAugmenter` on Ray Data: an actor pool, one engine per actor, a shared negative pool.
 
 Every actor gets the augmenter's settings and its real texts (pickled with it, so real examples
-reach every actor); the model loads once in each actor. Synthetic outputs are shared through one
-small `SharedPool` actor: before each batch an actor pulls the outputs other actors pushed since its
-last pull, after the batch it pushes its own. Negatives therefore reflect the whole run, at most one
-batch per actor stale (the README explains the trade-off).
+reach every actor); the model loads once in each actor. Each `map_batches` batch is one augmenter
+call in one actor, so one engine call (see `datasets_steer`); synthetic outputs are shared through
+one small `SharedPool` actor (see `actors.py`).
 """
 
 from __future__ import annotations
@@ -16,77 +15,11 @@ from typing import Any, Literal
 
 from datasets_steer import SteerAugmenter
 
+from .actors import AugmentActor, SharedPool
+
 __all__ = ["augment", "SharedPool", "AugmentActor"]
 
 Output = Literal["ray", "hf", "parquet"]
-
-
-class SharedPool:
-    """Synthetic outputs of every actor, in arrival order (a Ray actor; texts only, no model).
-
-    `pull(author, cursor)` returns the texts after `cursor` that other authors pushed and the new
-    cursor, so each actor receives every other actor's outputs exactly once.
-    """
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        self.authors: list[str] = []
-
-    def push(self, author: str, texts: list[str]) -> int:
-        self.texts.extend(texts)
-        self.authors.extend([author] * len(texts))
-        return len(self.texts)
-
-    def pull(self, author: str, cursor: int) -> tuple[int, list[str]]:
-        new = [t for t, a in zip(self.texts[cursor:], self.authors[cursor:], strict=True) if a != author]
-        return len(self.texts), new
-
-    def size(self) -> int:
-        return len(self.texts)
-
-
-class AugmentActor:
-    """The callable class `map_batches` runs in each actor: loads the engine once, syncs the pool."""
-
-    def __init__(self, aug: SteerAugmenter, pool: Any = None, num_threads: int | None = None) -> None:
-        import ray
-
-        if num_threads:
-            import torch
-
-            torch.set_num_threads(num_threads)
-        self._ray = ray
-        self.aug = aug
-        self.pool = pool
-        self.cursor = 0
-        self.author = f"{ray.get_runtime_context().get_actor_id()}-{os.getpid()}"
-        self.aug.engine  # noqa: B018 - load the model now, not inside the first batch
-
-    def __call__(self, table):
-        import pyarrow as pa
-
-        if self.pool is not None:
-            self.cursor, others = self._ray.get(self.pool.pull.remote(self.author, self.cursor))
-            if others:
-                self.aug.add_synthetic(others)
-        out = self.aug(table.to_pydict())
-        if self.pool is not None:
-            mine = self.aug.drain_new_outputs()
-            if mine:
-                self.pool.push.remote(self.author, mine)
-        return pa.Table.from_pydict(out)
-
-
-def _free_cpu_share(num_actors: int, num_cpus: float | None) -> float:
-    """CPUs per actor: 1, or less so that one CPU stays free for Ray's own tasks on a small node."""
-    import ray
-
-    if num_cpus is not None:
-        return num_cpus
-    total = float(ray.cluster_resources().get("CPU", 1))
-    if num_actors + 1 <= total:
-        return 1.0
-    return max(0.1, round((total - 1) / num_actors, 2)) if total > 1 else round(total / (num_actors + 1), 2)
 
 
 def augment(
@@ -112,7 +45,8 @@ def augment(
         num_actors: actors in the pool (`ActorPoolStrategy(size=num_actors)`), one engine each.
         num_gpus: GPUs per actor (the engine then loads on `cuda` unless `engine_kwargs` says otherwise).
         num_cpus: CPUs per actor; default 1, or less so one CPU stays free on a small node.
-        batch_size: rows per `map_batches` batch (an actor syncs the shared pool once per batch).
+        batch_size: rows per `map_batches` batch: one engine call per batch, and an actor syncs the
+            shared pool once per batch.
         output: `"ray"` (a lazy `ray.data.Dataset`), `"hf"` (a `datasets.Dataset`) or `"parquet"`
             (files written to `path`; returns the path).
         path: the Parquet output folder (required for `output="parquet"`).
@@ -130,21 +64,7 @@ def augment(
     import ray
     import ray.data
 
-    if isinstance(num_actors, bool) or not isinstance(num_actors, int) or num_actors < 1:
-        raise ValueError(f"`num_actors` must be an integer >= 1, got {num_actors!r}")
-    if output not in ("ray", "hf", "parquet"):
-        raise ValueError(f"`output` must be 'ray', 'hf' or 'parquet', got {output!r}")
-    if output == "parquet" and path is None:
-        raise ValueError(
-            "`output='parquet'` needs `path=` (a folder every node can write, e.g. s3:// or NFS)"
-        )
-    if not isinstance(aug, SteerAugmenter):
-        raise TypeError(f"`aug` must be a datasets_steer.SteerAugmenter, got {type(aug).__name__}")
-    if aug.expert is None:
-        raise ValueError(
-            "`aug` was built with engine=..., which cannot travel to Ray actors: build it with "
-            "expert='model folder or id' (or a picklable factory) so each actor loads its own engine"
-        )
+    _check_args(aug, num_actors, output, path)
     if not ray.is_initialized():
         ray.init()
     aug = copy.copy(aug)
@@ -167,6 +87,29 @@ def augment(
         num_cpus=cpus,
         num_gpus=num_gpus or None,
     )
+    return _deliver(out, output, path)
+
+
+def _check_args(aug: Any, num_actors: Any, output: Any, path: Any) -> None:
+    if isinstance(num_actors, bool) or not isinstance(num_actors, int) or num_actors < 1:
+        raise ValueError(f"`num_actors` must be an integer >= 1, got {num_actors!r}")
+    if output not in ("ray", "hf", "parquet"):
+        raise ValueError(f"`output` must be 'ray', 'hf' or 'parquet', got {output!r}")
+    if output == "parquet" and path is None:
+        raise ValueError(
+            "`output='parquet'` needs `path=` (a folder every node can write, e.g. s3:// or NFS)"
+        )
+    if not isinstance(aug, SteerAugmenter):
+        raise TypeError(f"`aug` must be a datasets_steer.SteerAugmenter, got {type(aug).__name__}")
+    if aug.expert is None:
+        raise ValueError(
+            "`aug` was built with engine=..., which cannot travel to Ray actors: build it with "
+            "expert='model folder or id' (or a picklable factory) so each actor loads its own engine"
+        )
+
+
+def _deliver(out: Any, output: Output, path: str | os.PathLike | None) -> Any:
+    """The mapped dataset as `output` asks: lazy Ray dataset, Parquet folder, or `datasets.Dataset`."""
     if output == "ray":
         return out
     if output == "parquet":
@@ -174,9 +117,22 @@ def augment(
         return str(path)
     import datasets
     import pyarrow as pa
+    import ray
 
     tables = [t for t in ray.get(out.to_arrow_refs()) if t.num_rows]
     return datasets.Dataset(pa.concat_tables(tables, promote_options="default"))
+
+
+def _free_cpu_share(num_actors: int, num_cpus: float | None) -> float:
+    """CPUs per actor: 1, or less so that one CPU stays free for Ray's own tasks on a small node."""
+    import ray
+
+    if num_cpus is not None:
+        return num_cpus
+    total = float(ray.cluster_resources().get("CPU", 1))
+    if num_actors + 1 <= total:
+        return 1.0
+    return max(0.1, round((total - 1) / num_actors, 2)) if total > 1 else round(total / (num_actors + 1), 2)
 
 
 def _to_ray(data: Any, aug: SteerAugmenter, num_actors: int):
