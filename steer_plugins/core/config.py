@@ -106,8 +106,8 @@ class SteerConfig(BaseModel):
     def _finite_non_negative(cls, v: float, info) -> float:
         if not math.isfinite(v) or not 0 <= v <= MAX_WEIGHT:
             raise ValueError(
-                f"`{info.field_name}` must be a finite number in [0, {MAX_WEIGHT:g}], got {v!r}; the paper "
-                f"sweeps 0.0-1.0 (defaults gamma={DEFAULT_GAMMA}, eta={DEFAULT_ETA})"
+                f"`{info.field_name}` must be a finite number >= 0 (at most {MAX_WEIGHT:g}), got {v!r}; the "
+                f"paper sweeps 0.0-1.0 (defaults gamma={DEFAULT_GAMMA}, eta={DEFAULT_ETA})"
             )
         return float(v)
 

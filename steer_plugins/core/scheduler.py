@@ -128,7 +128,7 @@ class Scheduler:
         self._lock = threading.Condition()
         self._pending: list[Request] = []
         self._owners: dict[int, tuple[Request, int]] = {}  # decoder job id -> (request, prompt index)
-        self._expected = 0
+        self._expectations: list[list[int]] = []  # [announced, arrived] per open `expect`
         self._worker: threading.Thread | None = None
         self._pid = os.getpid()
         self._closed = False
@@ -149,10 +149,12 @@ class Scheduler:
         across two threads' OpenMP pools ran about 30% slower here than on one thread.
         """
         lead = False
+        self._after_fork()  # before taking the lock: a forked child must not wait on the parent's
         with self._lock:
-            self._after_fork()
             self._closed = False
             self._pending.append(req)
+            for announcement in self._expectations:
+                announcement[1] += len(req.prompts)
             self._lock.notify_all()
             if self._worker is None:
                 _LIVE.add(self)
@@ -167,14 +169,21 @@ class Scheduler:
     @contextlib.contextmanager
     def expect(self, n: int) -> Iterator[None]:
         """Tell the scheduler that `n` prompts are about to arrive (e.g. from LangChain's batch
-        threads): a batch starting meanwhile waits for them (at most `EXPECT_WAIT_S`)."""
+        threads): a batch starting meanwhile waits for them (at most `EXPECT_WAIT_S`). Prompts
+        submitted after the announcement count towards it; the announcement ends with the block."""
+        announcement = [n, 0]
         with self._lock:
-            self._expected += n
+            self._expectations.append(announcement)
         try:
             yield
         finally:
             with self._lock:
-                self._expected = max(0, self._expected - n)
+                self._expectations.remove(announcement)
+                self._lock.notify_all()
+
+    def _still_expected(self) -> int:
+        """Announced prompts that have not arrived yet (call with `_lock` held)."""
+        return sum(max(0, n - arrived) for n, arrived in self._expectations)
 
     def close(self) -> None:
         """Stop the worker once it has finished what it is doing."""
@@ -190,7 +199,7 @@ class Scheduler:
         """A forked child (datasets' num_proc) starts with no loop: the parent's thread is not ours."""
         if self._pid != os.getpid():
             self._lock, self._pending, self._owners = threading.Condition(), [], {}
-            self._worker, self._pid, self._expected = None, os.getpid(), 0
+            self._worker, self._pid, self._expectations = None, os.getpid(), []
             self.decoder = self.decoder.fresh()
 
     def _start_worker(self) -> None:
@@ -274,7 +283,7 @@ class Scheduler:
                 self._lock.wait(left)
             start = time.monotonic()
             while self._waiting_count() < self.max_batch_size:
-                want_more = self._expected > self._waiting_count()
+                want_more = self._still_expected() > 0
                 limit = EXPECT_WAIT_S if want_more else self.coalesce_ms / 1000
                 left = start + limit - time.monotonic()
                 if left <= 0:
@@ -308,22 +317,31 @@ class Scheduler:
                 batch.append((req, take))
                 req.taken.update(take)
                 room -= len(take)
-        self._expected = max(0, self._expected - sum(len(t) for _, t in batch))
         self._live_pending()
         return batch
 
     def _insert(self, batch: list[tuple[Request, list[int]]], admitted: bool = False) -> int:
         """Prepare and insert `batch`; a request whose preparation fails fails alone."""
-        inserted = 0
+        jobs: list[PromptJob] = []
+        owners: list[tuple[Request, int]] = []
         for req, indices in batch:
             try:
-                jobs = [req.job(self.tokens, i) for i in indices]
+                prepared = [req.job(self.tokens, i) for i in indices]
             except Exception as err:
                 req.fail(err)
                 continue
-            for job_id, i in zip(self.decoder.insert(jobs), indices, strict=True):
-                self._owners[job_id] = (req, i)
-            inserted += len(jobs)
+            jobs += prepared
+            owners += [(req, i) for i in indices]
+        if jobs:  # one prefill for every request taken together
+            try:
+                ids = self.decoder.insert(jobs)  # leaves the running batch unchanged if it raises
+            except Exception as err:
+                for req, _ in owners:
+                    req.fail(err)
+                return 0
+            for job_id, owner in zip(ids, owners, strict=True):
+                self._owners[job_id] = owner
+        inserted = len(jobs)
         if admitted:
             self._stats.prompts_admitted += inserted
         else:
