@@ -1,7 +1,7 @@
-"""`steer`: the command line of steer-plugins (demo, generate, finetune, evaluate, sweep).
+"""`steer`: the command line of steer-plugins (demo, generate, finetune, evaluate, sweep, tune).
 
 This package is the dispatcher: each subcommand's parser and run function live in its own module
-(`demo`, `generate`, `finetune`, `evaluate`, `sweep`), what they share in `_common` and `_setup`.
+(`demo`, `generate`, `finetune`, `evaluate`, `sweep`, `tune`), what they share in `_common` and `_setup`.
 Every command prints a worked example with `--help`. Errors in the user's input (missing file,
 malformed JSONL line, unknown config key, empty reference) print one line naming the problem and
 exit with status 2; `main(argv)` returns the status instead of exiting, so tests call it in-process.
@@ -14,12 +14,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import demo, evaluate, finetune, generate, sweep
+from . import demo, evaluate, finetune, generate, sweep, tune
 from ._common import RUN_KEYS, config_flag_specs, run_command
 
 __all__ = ["main", "build_parser", "config_flag_specs", "RUN_KEYS", "COMMANDS"]
 
-COMMANDS = (demo, generate, finetune, evaluate, sweep)
+COMMANDS = (demo, generate, finetune, evaluate, sweep, tune)
 """The subcommand modules, in help order; each has `add_parser(subparsers)` and `run(args)`."""
 
 DESCRIPTION = "STEER decoding (arXiv 2308.07645): diverse, faithful synthetic data from an expert model."
@@ -29,11 +29,12 @@ EPILOG = """examples:
   steer evaluate --reference real.jsonl synth.jsonl plain.jsonl --json scores.json
   steer finetune real.jsonl --out my-lora --instruction "Write a research hypothesis in astronomy, phrased as a question."
   steer sweep --reference heldout.jsonl --pool real.jsonl --gammas 0,0.4,0.8 --etas 0,0.4,0.8 --n 32 --out sweep/
+  steer tune real.jsonl --out tuned/ --stop '?' --close-with '?' && steer generate --config tuned/steer_tuned.json --n 500 --out s.jsonl
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `steer` argument parser (subcommands demo, generate, finetune, evaluate, sweep)."""
+    """The `steer` argument parser (subcommands demo, generate, finetune, evaluate, sweep, tune)."""
     parser = argparse.ArgumentParser(
         prog="steer",
         description=DESCRIPTION,

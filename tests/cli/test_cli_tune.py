@@ -1,0 +1,102 @@
+"""`steer tune` on the tiny model: grid, refinement, budget, recipe `steer generate` loads, resume, report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from steer_plugins.apps.cli import main
+from steer_plugins.apps.data_io import read_jsonl
+from steer_plugins.apps.tune import Budget, Setting, best_setting, meets_budget, refine_points, split_dev
+
+pytest.importorskip("wordfreq")
+
+
+def test_budget_rules_and_grid_helpers():
+    anchor = {
+        "adversarial_auroc": 0.8,
+        "cosine_centroid": 0.9,
+        "invented_word_rate": 0.01,
+        "ci": {"adversarial_auroc": [0.7, 0.85], "cosine_centroid": [0.88, 0.92]},
+    }
+    budget = Budget(within=("adversarial_auroc", "cosine_centroid"))
+    ok = {"adversarial_auroc": 0.84, "cosine_centroid": 0.881, "invented_word_rate": 0.014}
+    assert meets_budget(ok, anchor, budget) == []
+    bad = {"adversarial_auroc": 0.86, "cosine_centroid": 0.87, "invented_word_rate": 0.016}
+    misses = meets_budget(bad, anchor, budget)
+    assert len(misses) == 3 and "above" in misses[0] and "below" in misses[1] and "invented" in misses[2]
+    rows = {"a": {"normalised_3grams": 0.9, "misses": []}, "b": {"normalised_3grams": 0.95, "misses": ["x"]}}
+    assert best_setting(rows, budget) == "a"
+    assert best_setting({"b": rows["b"]}, budget) is None
+    assert Setting(0.2, 1.0, 0.1) != Setting(0.2, 1.0) and Setting(0.2, 1.0, 0.1).name == "γ0.2 η1 α0.1"
+    assert [s.name for s in refine_points(Setting(0.0, 0.2))] == ["γ0.2 η0.2", "γ0 η0.4"]
+    pool, dev = split_dev([f"t{i}" for i in range(8)], 0.25, seed=0)
+    assert (
+        len(dev) == 2
+        and not set(pool) & set(dev)
+        and split_dev(list(map(str, range(8))), 0.25, 0)[1] == split_dev(list(map(str, range(8))), 0.25, 0)[1]
+    )
+    with pytest.raises(ValueError, match="at least 4"):
+        split_dev(["a", "b", "c"], 0.5, 0)
+
+
+def test_tune_on_tiny_model_writes_recipe_generate_loads_and_resumes(
+    tmp_path, tiny_model_dir, real_file, capsys
+):
+    out = tmp_path / "tuned"
+    argv = ["tune", real_file, "--expert", tiny_model_dir, "--prompt", "Write a question:", "--out", str(out),
+            "--n", "4", "--max-new-tokens", "5", "--num-negatives", "2", "--seed", "0", "--gammas", "0",
+            "--etas", "0.5", "--alphas", "none", "--rounds", "1", "--fidelity-metrics", "none",
+            "--diversity-metric", "distinct_2", "--invented-slack", "100", "--resamples", "10", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "tune.json").read_text())
+    # anchor + grid (γ0 η0.5) + refinement around it (γ0.2 η0.5, γ0 η0.3, γ0 η0.7)
+    assert [t["name"] for t in result["tried"]] == [
+        "anchor γ0 η0",
+        "γ0 η0.5",
+        "γ0.2 η0.5",
+        "γ0 η0.3",
+        "γ0 η0.7",
+    ]
+    assert result["winner"] != "anchor γ0 η0" and "winner:" in printed
+    anchor = result["results"]["anchor γ0 η0"]
+    assert len(anchor["ci"]["distinct_2"]) == 2 and "completion_rate" in anchor
+    assert (out / "report.html").read_text().count("data:image/png;base64,") >= 1
+    assert len(read_jsonl(out / "results.jsonl")) == 5
+
+    recipe = json.loads((out / "steer_tuned.json").read_text())
+    assert (
+        recipe["config"]["gamma"] == result["winner_setting"]["gamma"]
+        and recipe["prompt"] == "Write a question:"
+    )
+    synth = tmp_path / "synth.jsonl"
+    assert (
+        main(
+            [
+                "generate",
+                "--config",
+                str(out / "steer_tuned.json"),
+                "--n",
+                "2",
+                "--out",
+                str(synth),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert len(read_jsonl(synth)) == 2
+
+    # rerun: every setting is skipped (same settings, same weights), nothing new is generated
+    assert main(argv) == 0
+    assert len(read_jsonl(out / "results.jsonl")) == 5
+    assert json.loads((out / "tune.json").read_text())["winner"] == result["winner"]
+
+
+def test_tune_user_errors(tmp_path, real_file, capsys):
+    assert main(["tune", real_file, "--out", str(tmp_path), "--fidelity-metrics", "bleurt"]) == 2
+    assert "unknown metric" in capsys.readouterr().err
+    assert main(["tune", real_file, "--out", str(tmp_path), "--etas", "a,b"]) == 2
+    assert "not a number" in capsys.readouterr().err
