@@ -1,22 +1,25 @@
-"""Quality study: is STEER more diverse than sampling from the expert, at equal fidelity?
+"""Quality study: is STEER more diverse than the usual samplers at equal fidelity, and where does it collapse?
 
-On the astronomy hypotheses in `../shared/data/astro_hypotheses.jsonl` (never copied into the repo):
+On the astronomy hypotheses in `../shared/data/astro_hypotheses.jsonl` (read in place, never copied):
 
-1. Split (seeded): a held-out **reference** split (never trained or tuned on), a small **dev** split
-   (held-out perplexity of the adapter), and the **train** split (LoRA expert + negative pool).
-2. Train a LoRA expert over SmolLM2-135M-Instruct with `finetune_lora` (chat-formatted instruction,
-   loss on the hypothesis only), a few CPU minutes.
-3. Generate `--n` hypotheses per method, stop at "?": STEER at the paper defaults (γ=0.2, η=0.6,
-   K=10, top-k 10), the expert with top-k 10, the expert with nucleus top-p 0.92, the base model
-   (top-k 10); the γ × η grid; η=1.0 with and without the head mask α=0.1.
-4. Score everything against the reference split at one common sample size (`steer_plugins.apps.eval`),
-   write `results.json`, the markdown table, heat maps and the Pareto plot.
+1. Split (seeded, seed 0): a **reference** split (`--n-ref`, default 200) used only for scoring, and
+   the **train** split (the rest) that seeds every method's negative pool.
+2. The expert is the shipped `hypotheses-lora` adapter over SmolLM2-135M-Instruct (trained on the
+   package's own 91 seed hypotheses, none of which is in the astro data), or `--expert PATH`.
+3. Every set (see `methods`) is generated for each seed with the same prompt, `--max-new-tokens`
+   new tokens, stop at "?". Generation grows in stages (`--stages 48,96,200`): every set reaches
+   48 rows for seed 0 before any set goes further, so an interrupted run still gives a balanced
+   table. Files: `<out>/samples/<set>/seed<k>.jsonl` (resumable: rerunning skips finished rows).
+   Each (set, seed) starts from a fresh pool of the train split; its outputs join that pool.
+4. `--score` evaluates every set that reached the common size on the same seeds against the
+   reference split (`steer_plugins.apps.eval`), averages over seeds, and takes 95 % intervals from
+   the half-sample bootstrap averaged replicate by replicate over the seeds. It also checks the
+   issue's rule for the default (`steer_plugins.apps.tune.meets_budget` against expert top-k 10) and
+   the done-when check (invented-word rate <= plain + 0.5 pt, normalised 3-grams >= 1.05x plain).
 
-Each method's samples go to `<out>/samples/<method>.jsonl` (resumable: rerunning skips finished
-rows). `--report-only` rebuilds the table and plots from `results.json`.
-
-Run (about 20-40 CPU minutes on 2 busy cores; in the background):
-    nohup python benchmarks/quality_study.py > benchmarks/results/quality_study.log 2>&1 &
+Run in the background on a shared machine (resumable; `--score` can run at any time after):
+    nohup nice -n 19 python benchmarks/quality_study.py > benchmarks/results/quality_study.log 2>&1 &
+    python benchmarks/quality_study.py --score
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import sys
 import time
 from pathlib import Path
@@ -35,213 +39,333 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "astro_hypotheses.jsonl"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "quality_study"
-DEFAULT_IMG = ROOT / "docs" / "img"
-INSTRUCTION = "Write a research hypothesis in astronomy, phrased as a question."
-SEED = 0
+DEFAULT_IMG = ROOT / "docs" / "img" / "quality_study"
+DEFAULT_EXPERT = ROOT / "steer_plugins" / "assets" / "adapters" / "hypotheses-lora"
+SPLIT_SEED = 0
+PLAIN = "expert top-k 10"
+DONE_WHEN_CANDIDATES = ("STEER γ0.2 η0.6", "γ0.2 η0.6 α0.1", "γ0.2 η1 α0.1", "γ0.2 η1.5 α0.1")
 
 
-def _methods(gammas, etas, alpha_eta):
-    """(name, model, overrides, group): model "expert" (LoRA over the base) or "base" (plain SmolLM2).
-
-    Group "main" is generated with `--n` samples, group "ablation" (grid, head mask) with
-    `--n-ablation`; each group is scored at its own common sample size.
-    """
+def methods() -> list[tuple[str, str, dict]]:
+    """(name, model, SteerConfig overrides) in generation priority; model "expert" or "base"."""
+    steer = lambda g, e, **kw: {"gamma": g, "eta": e, **kw}  # noqa: E731
+    plain = {"gamma": 0.0, "eta": 0.0}
     out = [
-        ("steer (γ0.2 η0.6)", "expert", {"gamma": 0.2, "eta": 0.6}, "main"),
-        ("expert top-k 10", "expert", {"gamma": 0.0, "eta": 0.0}, "main"),
-        ("expert top-p 0.92", "expert", {"gamma": 0.0, "eta": 0.0, "top_k": None, "top_p": 0.92}, "main"),
-        ("base top-k 10", "base", {"gamma": 0.0, "eta": 0.0}, "main"),
-        (f"steer η{alpha_eta:g} (no mask)", "expert", {"gamma": 0.2, "eta": alpha_eta}, "ablation"),
-        (f"steer η{alpha_eta:g} α0.1", "expert", {"gamma": 0.2, "eta": alpha_eta, "alpha": 0.1}, "ablation"),
+        (PLAIN, "expert", plain),
+        ("STEER γ0.2 η0.6", "expert", steer(0.2, 0.6)),
+        ("γ0.2 η0.6 α0.1", "expert", steer(0.2, 0.6, alpha=0.1)),
+        ("γ0.2 η1 α0.1", "expert", steer(0.2, 1.0, alpha=0.1)),
+        ("γ0.2 η1.5 α0.1", "expert", steer(0.2, 1.5, alpha=0.1)),
+        ("expert top-p 0.92", "expert", {**plain, "top_k": None, "top_p": 0.92}),
+        ("expert min-p 0.1 T1", "expert", {**plain, "top_k": None, "min_p": 0.1}),
+        ("expert min-p 0.1 T1.5", "expert", {**plain, "top_k": None, "min_p": 0.1, "temperature": 1.5}),
+        ("base top-k 10", "base", plain),
+        ("γ0.2 η1 (no mask)", "expert", steer(0.2, 1.0)),
     ]
-    for g in gammas:
-        for e in etas:
-            out.append((f"grid γ{g:g} η{e:g}", "expert", {"gamma": g, "eta": e}, "ablation"))
+    out += [
+        (f"γ0.2 η{e:g} α{a:g}", "expert", steer(0.2, e, alpha=a))
+        for a in (0.05, 0.2)
+        for e in (0.6, 1.0, 1.5)
+    ]
+    out += [("γ0.2 η1.5 (no mask)", "expert", steer(0.2, 1.5))]
+    grid = [(g, e) for g in (0.0, 0.4, 0.8) for e in (0.0, 0.4, 0.8) if (g, e) != (0.0, 0.0)]
+    out += [(f"γ{g:g} η{e:g}", "expert", steer(g, e)) for g, e in grid]
     return out
 
 
-def _slug(name: str) -> str:
-    keep = "".join(c if c.isalnum() or c in ".-" else "_" for c in name.replace("γ", "g").replace("η", "e"))
-    return keep.replace("α", "a").strip("_")
+def slug(name: str) -> str:
+    """File-system name of a set: `γ0.2 η1 α0.1` -> `g0.2_e1_a0.1`."""
+    for a, b in (("γ", "g"), ("η", "e"), ("α", "a"), (" ", "_"), ("(", ""), (")", "")):
+        name = name.replace(a, b)
+    return name
 
 
-def split(texts, n_ref, n_dev, seed=SEED):
+def split(texts: list[str], n_ref: int) -> tuple[list[str], list[str]]:
+    """(train, reference), shuffled with `SPLIT_SEED`."""
     idx = list(range(len(texts)))
-    random.Random(seed).shuffle(idx)
-    ref = [texts[i] for i in idx[:n_ref]]
-    dev = [texts[i] for i in idx[n_ref : n_ref + n_dev]]
-    train = [texts[i] for i in idx[n_ref + n_dev :]]
-    return train, dev, ref
+    random.Random(SPLIT_SEED).shuffle(idx)
+    return [texts[i] for i in idx[n_ref:]], [texts[i] for i in idx[:n_ref]]
 
 
-def run(args) -> None:
+def sample_path(out: Path, name: str, seed: int) -> Path:
+    """`<out>/samples/<set>/seed<k>.jsonl`."""
+    return out / "samples" / slug(name) / f"seed{seed}.jsonl"
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _log(*a) -> None:
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+def _load_meta(out: Path) -> dict:
+    path = out / "results.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save_meta(out: Path, meta: dict) -> None:
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(out / "results.json")
+
+
+def generate(args) -> None:
+    """Grow every (set, seed) file stage by stage; records rows, CPU and wall seconds per set."""
     import torch
 
     from steer_plugins import DEFAULT_MODEL, NegativePool, SteerConfig, SteerEngine
-    from steer_plugins.apps.data_io import read_texts
-    from steer_plugins.apps.finetune import finetune_lora
+    from steer_plugins.apps.data_io import count_jsonl_rows, read_texts
     from steer_plugins.apps.pipeline import generate_to_file
-    from steer_plugins.apps.recipe import read_recipe
+    from steer_plugins.apps.recipe import read_recipe_prompt
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    texts = read_texts(args.data)
-    train, dev, ref = split(texts, args.n_ref, args.n_dev)
+    torch.set_num_threads(args.threads)
+    train, ref = split(read_texts(args.data), args.n_ref)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    meta = json.loads(results_path.read_text()) if results_path.exists() else {}
+    meta = _load_meta(out)
+    prompt = read_recipe_prompt(args.expert)
     meta.update(
-        {
-            "data": str(args.data),
-            "split": {"train": len(train), "dev": len(dev), "reference": len(ref), "seed": SEED},
-            "n": args.n,
-            "max_new_tokens": args.max_new_tokens,
-            "stop": ["?"],
-            "threads": args.threads or torch.get_num_threads(),
-        }
-    )
-    log = lambda *a: print(time.strftime("%H:%M:%S"), *a, flush=True)  # noqa: E731
-
-    # --- 1. the expert
-    expert_dir = out / "expert-lora"
-    if not (expert_dir / "adapter_model.safetensors").exists():
-        from steer_plugins.core.sources import load_model
-
-        model, tok = load_model(DEFAULT_MODEL)
-        msgs = [{"role": "user", "content": INSTRUCTION}]
-        prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        log(f"finetune: {args.steps} steps on {len(train)} train examples")
-        t0 = time.perf_counter()
-        finetune_lora(
-            (model, tok), train, expert_dir, steps=args.steps, batch_size=8, max_length=64,
-            prompt=prompt, eval_texts=dev, progress=False, base_name=DEFAULT_MODEL,
-            extra_recipe={"instruction": INSTRUCTION, "study": "benchmarks/quality_study.py"},
-        )  # fmt: skip
-        meta["finetune_seconds"] = round(time.perf_counter() - t0, 1)
-        del model
-    recipe = read_recipe(expert_dir)
-    prompt = recipe["training"]["prompt"]
-    meta["expert"] = {"steps": recipe["training"]["steps"], "heldout": recipe["heldout"], "prompt": prompt}
-    log("expert ready", recipe["heldout"])
-
-    # --- 2. generation
-    cfg = SteerConfig(max_new_tokens=args.max_new_tokens, stop=["?"])
-    engines = {}
+        data=str(args.data), expert=str(args.expert), prompt=prompt, max_new_tokens=args.max_new_tokens,
+        stop=["?"], split={"train": len(train), "reference": len(ref), "seed": SPLIT_SEED},
+        threads=args.threads, stages=args.stages, seeds=args.seeds,
+    )  # fmt: skip
     gens = meta.setdefault("generation", {})
-    methods = _methods(args.gammas, args.etas, args.alpha_eta)
-    for name, which, overrides, group in methods:
-        path = out / "samples" / f"{_slug(name)}.jsonl"
-        n = args.n if group == "main" else args.n_ablation
-        if which not in engines:
-            spec = str(expert_dir) if which == "expert" else DEFAULT_MODEL
-            engines[which] = SteerEngine(spec, config=cfg, max_batch_size=max(args.n, args.n_ablation))
-        engine = engines[which]
-        engine.pool = NegativePool(train, seed=SEED)  # every method starts from the same real pool
-        stats = generate_to_file(
-            engine, prompt, n, path, close_with="?", seed=SEED, chunk_size=n, **overrides
-        )
-        if stats.generated:
-            gens[name] = {**stats.to_dict(), "overrides": overrides, "model": which}
-        log(f"{name}: {stats.generated} new rows, {stats.tokens_per_s:.1f} tok/s, {stats.seconds:.0f} s")
-        results_path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    cfg = SteerConfig(max_new_tokens=args.max_new_tokens, stop=["?"])
+    engines: dict[str, object] = {}
+    chosen = [m for m in methods() if not args.only or m[0] in args.only]
+    for stage in args.stages:
+        for seed in args.seeds:
+            for name, which, overrides in chosen:
+                path = sample_path(out, name, seed)
+                if path.exists() and count_jsonl_rows(path) >= stage:
+                    continue
+                if which not in engines:
+                    spec = str(args.expert) if which == "expert" else DEFAULT_MODEL
+                    engines[which] = SteerEngine(spec, config=cfg, max_batch_size=args.batch)
+                pool = NegativePool(train, seed=seed)
+                cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+                stats = generate_to_file(
+                    engines[which], prompt, stage, path, pool=pool, close_with="?", seed=seed * 100_000,
+                    chunk_size=args.batch, **overrides,
+                )  # fmt: skip
+                rec = gens.setdefault(name, {}).setdefault(
+                    str(seed), {"cpu_s": 0.0, "wall_s": 0.0, "tokens": 0}
+                )
+                rec.update(rows=stats.total, overrides=overrides, model=which)
+                rec["cpu_s"] = round(rec["cpu_s"] + _cpu_seconds() - cpu0, 1)
+                rec["wall_s"] = round(rec["wall_s"] + time.perf_counter() - wall0, 1)
+                rec["tokens"] += stats.completion_tokens
+                _save_meta(out, meta)
+                _log(f"{name} seed {seed}: {stats.total} rows (+{stats.generated}), {rec['cpu_s']} CPU s")
     for engine in engines.values():
         engine.close()
 
-    # --- 3. evaluation
-    from steer_plugins.apps.eval import evaluate
 
-    synth = {name: read_texts(out / "samples" / f"{_slug(name)}.jsonl") for name, *_ in methods}
-    groups = {g: [m[0] for m in methods if m[3] == g] for g in ("main", "ablation")}
-    groups["ablation"].insert(0, methods[0][0])  # the paper default, subsampled to the ablation size
-    log("evaluating", len(synth), "sets against", len(ref), "reference examples")
-    t0 = time.perf_counter()
-    meta["results"] = {
-        group: evaluate({k: synth[k] for k in names}, ref, seed=SEED, reference_name="real (held-out)")
-        for group, names in groups.items()
+def _available(out: Path, seeds: list[int]) -> dict[str, dict[int, int]]:
+    """set name -> seed -> rows on disk."""
+    from steer_plugins.apps.data_io import count_jsonl_rows
+
+    found: dict[str, dict[int, int]] = {}
+    for name, _, _ in methods():
+        for seed in seeds:
+            path = sample_path(out, name, seed)
+            if path.exists():
+                found.setdefault(name, {})[seed] = count_jsonl_rows(path)
+    return found
+
+
+def _common_design(found: dict[str, dict[int, int]], n: int | None) -> tuple[int, list[int], list[str]]:
+    """(n, seeds, sets): the largest design every scored set completes; PLAIN must be in it."""
+    plain = found.get(PLAIN, {})
+    if not plain:
+        raise SystemExit(f"nothing to score: `{PLAIN}` has no samples yet")
+    seeds = sorted(s for s, rows in plain.items() if rows >= (n or 2))
+    n = n or min(plain[s] for s in seeds)
+    sets = [name for name, rows in found.items() if all(rows.get(s, 0) >= n for s in seeds)]
+    return n, seeds, sets
+
+
+COSTLY = {"mauve": 30, "adversarial_auroc": 30}
+"""Fewer bootstrap resamples for the metrics that take about a second each (normal intervals)."""
+REAL = "real (reference)"
+
+
+def _score_seed(names: list[str], out: Path, seed: int, n: int, ref: list[str], resamples: int) -> dict:
+    """set -> (point row, replicates) for one seed, every set cut to its first `n` rows."""
+    from steer_plugins.apps.data_io import read_texts
+    from steer_plugins.apps.eval import compute, prepare, read_finish_reasons, replicates
+
+    synth = {name: read_texts(sample_path(out, name, seed))[:n] for name in names}
+    reasons = {name: (read_finish_reasons(sample_path(out, name, seed)) or [None] * n)[:n] for name in names}
+    chosen, inputs = prepare(synth, ref, seed=0, sample_size=n, reference_name=REAL, finish_reasons=reasons)
+    scored = {}
+    for name, given in inputs.items():
+        # same bootstrap seed for every study seed: replicate b shares its reference half-sample
+        reps = replicates(chosen, given, resamples=resamples, seed=0, fewer=COSTLY)
+        scored[name] = (compute(chosen, given), reps)
+        _log(f"scored {name} seed {seed}")
+    return scored
+
+
+def _average(per_seed: list[dict]) -> dict:
+    """Mean over seeds of every metric, intervals from the replicate-wise mean of the replicates."""
+    import numpy as np
+
+    from steer_plugins.apps.eval import interval
+
+    rows = {}
+    for name in per_seed[0]:
+        points = [s[name][0] for s in per_seed]
+        row = {"sample_size": points[0]["sample_size"], "seeds": len(points), "ci": {}, "per_seed": {}}
+        for metric in per_seed[0][name][1]:
+            values = [float(p[metric]) for p in points]
+            row[metric] = float(np.mean(values))
+            row["per_seed"][metric] = values
+            reps = np.mean([s[name][1][metric] for s in per_seed], axis=0)
+            lo, hi = interval(row[metric], reps)
+            floor, ceil = (1.0, float("inf")) if metric == "vendi" else (0.0, 1.0)
+            row["ci"][metric] = [min(max(lo, floor), ceil), min(max(hi, floor), ceil)]
+        rows[name] = row
+    return rows
+
+
+def _checks(rows: dict) -> dict:
+    """The issue's rule for the default, and the done-when check, against plain sampling (PLAIN)."""
+    from steer_plugins.apps.tune import Budget, best_setting, meets_budget
+
+    plain = rows[PLAIN]
+    budget = Budget()
+    rule = {}
+    for name, row in rows.items():
+        if name not in (REAL, PLAIN):
+            rule[name] = {"misses": meets_budget(row, plain, budget), budget.diversity: row[budget.diversity]}
+    done_when = {}
+    for name in [PLAIN, *DONE_WHEN_CANDIDATES]:
+        if name in rows:
+            row = rows[name]
+            inv_ok = row["invented_word_rate"] <= plain["invented_word_rate"] + 0.005
+            div_ok = row["normalised_3grams"] >= 1.05 * plain["normalised_3grams"]
+            done_when[name] = {
+                "invented_word_rate": row["invented_word_rate"],
+                "normalised_3grams": row["normalised_3grams"],
+                "ratio_to_plain": row["normalised_3grams"] / plain["normalised_3grams"],
+                "passes": bool(inv_ok and div_ok),
+            }
+    return {"rule": rule, "winner": best_setting(rule, budget), "done_when": done_when}
+
+
+def score(args) -> None:
+    """Score what is on disk; writes results.json (`scores`, `design`, `checks`), table.md and plots."""
+    from steer_plugins.apps.data_io import read_texts
+
+    out = Path(args.out)
+    meta = _load_meta(out)
+    _, ref = split(read_texts(args.data), args.n_ref)
+    found = _available(out, args.score_seeds or args.seeds)
+    n, seeds, names = _common_design(found, args.n_score)
+    cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+    _log(f"scoring {len(names)} sets, n={n}, seeds {seeds}")
+    per_seed = [_score_seed(names, out, seed, n, ref, args.resamples) for seed in seeds]
+    rows = _average(per_seed)
+    missing = {name: rows_ for name, rows_ in found.items() if name not in names}
+    meta["design"] = {"n": n, "seeds": seeds, "sets": names, "not_scored": missing, "resamples": args.resamples,
+                      "costly_resamples": COSTLY}  # fmt: skip
+    meta["scores"] = rows
+    meta["checks"] = _checks(rows)
+    meta["scoring"] = {
+        "cpu_s": round(_cpu_seconds() - cpu0, 1),
+        "wall_s": round(time.perf_counter() - wall0, 1),
     }
-    meta["eval_seconds"] = round(time.perf_counter() - t0, 1)
-    meta["examples"] = {name: synth[name][:4] for name in synth}
-    results_path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-    log("wrote", results_path)
+    _save_meta(out, meta)
     report(args)
 
 
 def report(args) -> None:
-    """Markdown tables (one per group) + heat maps + Pareto plot, from results.json."""
-    from steer_plugins.apps.eval import METRICS
+    """table.md, the Pareto plot, the grid heat maps and report.html from results.json."""
+    from steer_plugins.apps.eval import markdown_table
+    from steer_plugins.apps.report import write_report
     from steer_plugins.apps.sweep import plot_heatmaps, plot_pareto
 
     out = Path(args.out)
-    meta = json.loads((out / "results.json").read_text())
-    gen = meta.get("generation", {})
-    cols = ["sample_size", *METRICS]
-    parts = []
-    for group, res in meta["results"].items():
-        lines = [
-            f"**{group}** (n = {next(iter(res.values()))['sample_size']} per set)",
-            "",
-            "| method | " + " | ".join(cols) + " | gen tok/s |",
-            "|" + "---|" * (len(cols) + 2),
-        ]
-        for name, row in res.items():
-            cells = [str(row.get(c, "-")) if c == "sample_size" else _fmt(row.get(c)) for c in cols]
-            speed = gen.get(name, {}).get("tokens_per_s")
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {'-' if speed is None else speed} |")
-        parts.append("\n".join(lines))
-    table = "\n\n".join(parts)
-    (out / "table.md").write_text(table + "\n")
-    print(table)
-
-    img = Path(args.img) / "quality_study"
-    res = meta["results"]["ablation"]
-    grid = {}
-    for name, row in res.items():
-        if name.startswith("grid "):
-            g, e = name.split()[1:3]
-            grid[(float(g[1:]), float(e[1:]))] = row
-    gammas, etas = sorted({k[0] for k in grid}), sorted({k[1] for k in grid})
-    if grid:
-        metrics = ["adversarial_auroc", "normalised_3grams", "mauve", "cosine_centroid", "vendi"]
-        paths = plot_heatmaps(grid, gammas, etas, img, metrics, title_prefix="astro: ")
-        print("heat maps:", *map(str, paths))
+    meta = _load_meta(out)
+    rows, design = meta["scores"], meta["design"]
+    cols = ["normalised_3grams", "diversity", "self_bleu", "vendi", "invented_word_rate", "completion_rate",
+            "cosine_centroid", "mauve", "adversarial_auroc"]  # fmt: skip
+    (out / "table.md").write_text(markdown_table(rows, columns=cols) + "\n")
+    img = Path(args.img)
     points = [
-        (name.replace("grid ", ""), row["normalised_3grams"], row["cosine_centroid"])
-        for name, row in res.items()
-        if "cosine_centroid" in row and "real" not in name
+        (k, r["normalised_3grams"], r["cosine_centroid"]) for k, r in rows.items() if "cosine_centroid" in r
     ]
-    title = f"astro hypotheses, n={next(iter(res.values()))['sample_size']}: diversity vs fidelity"
-    print("pareto:", plot_pareto(points, img / "pareto.png", title=title))
+    title = f"n={design['n']} x {len(design['seeds'])} seed(s): diversity vs fidelity"
+    plots = [plot_pareto(points, img / "pareto.png", title=title)]
+    grid = {}
+    for name, row in rows.items():
+        parts = name.split()
+        if len(parts) == 2 and parts[0].startswith("γ") and parts[1].startswith("η"):
+            grid[(float(parts[0][1:]), float(parts[1][1:]))] = row
+    if PLAIN in rows:
+        grid[(0.0, 0.0)] = rows[PLAIN]
+    gammas, etas = sorted({k[0] for k in grid}), sorted({k[1] for k in grid})
+    if len(gammas) > 1 and len(etas) > 1:
+        metrics = ["normalised_3grams", "cosine_centroid", "mauve", "adversarial_auroc", "invented_word_rate"]
+        plots += plot_heatmaps(grid, gammas, etas, img, metrics, title_prefix="astro: ")
+    samples = {}
+    for name in rows:
+        if name != REAL:
+            from steer_plugins.apps.data_io import read_texts
+
+            samples[name] = read_texts(sample_path(out, name, design["seeds"][0]))[: design["n"]]
+    _, ref = split(read_texts(args.data), args.n_ref)
+    write_report(out / "report.html", title="quality study (astro hypotheses)", results=rows, samples=samples,
+                 reference=ref, pareto=points, images={p.stem: p for p in plots[1:]},
+                 notes=[f"design: {json.dumps({k: design[k] for k in ('n', 'seeds')})}"])  # fmt: skip
+    print((out / "table.md").read_text())
+    print(json.dumps(meta["checks"], indent=1, ensure_ascii=False))
 
 
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The study's command line."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--img", type=Path, default=DEFAULT_IMG)
-    p.add_argument("--n", type=int, default=32, help="samples per method (main comparison)")
-    p.add_argument("--n-ablation", type=int, default=16, help="samples per grid / head-mask cell")
-    p.add_argument("--n-ref", type=int, default=200, help="held-out reference split size")
-    p.add_argument("--n-dev", type=int, default=20, help="dev split (adapter perplexity)")
-    p.add_argument("--steps", type=int, default=30, help="LoRA steps (batch 8)")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--gammas", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 0.4, 0.8])
-    p.add_argument("--etas", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 0.4, 0.8])
-    p.add_argument("--alpha-eta", type=float, default=1.0, help="η for the head-mask comparison")
+    p.add_argument("--expert", type=Path, default=DEFAULT_EXPERT)
+    p.add_argument("--n-ref", type=int, default=200, help="reference split size")
+    p.add_argument("--stages", type=_ints, default=[48, 96, 200], help="rows per (set, seed), grown in order")
+    p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    p.add_argument(
+        "--only", type=lambda s: [x.strip() for x in s.split(";")], help="set names, ';'-separated"
+    )
+    p.add_argument("--batch", type=int, default=48, help="rows decoded together")
+    p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on busy cores)")
-    p.add_argument("--report-only", action="store_true")
-    args = p.parse_args(argv)
+    p.add_argument("--score", action="store_true", help="score what is on disk (no generation)")
+    p.add_argument("--n-score", type=int, help="common sample size to score (default: plain's rows)")
+    p.add_argument("--score-seeds", type=_ints, help="seeds to score (default: all with enough rows)")
+    p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples")
+    p.add_argument("--report-only", action="store_true", help="rebuild table and plots from results.json")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    """Generate (default), `--score`, or `--report-only`."""
+    args = parse_args(argv)
     if not args.data.exists():
         print(f"skipping: data file {args.data} not found (expected ../shared/data next to the repo)")
         return 0
     if args.report_only:
         report(args)
+    elif args.score:
+        score(args)
     else:
-        run(args)
+        generate(args)
     return 0
 
 
