@@ -188,8 +188,6 @@ def _common_design(found: dict[str, dict[int, int]], n: int | None) -> tuple[int
     return n, seeds, sets
 
 
-COSTLY = {"mauve": 30, "adversarial_auroc": 30}
-"""Fewer bootstrap resamples for the metrics that take about a second each (normal intervals)."""
 REAL = "real (reference)"
 
 
@@ -197,6 +195,7 @@ def _score_seed(names: list[str], out: Path, seed: int, n: int, ref: list[str], 
     """set -> (point row, replicates) for one seed, every set cut to its first `n` rows."""
     from steer_plugins.apps.data_io import read_texts
     from steer_plugins.apps.eval import compute, prepare, read_finish_reasons, replicates
+    from steer_plugins.apps.eval.bootstrap import costly
 
     synth = {name: read_texts(sample_path(out, name, seed))[:n] for name in names}
     reasons = {name: (read_finish_reasons(sample_path(out, name, seed)) or [None] * n)[:n] for name in names}
@@ -204,7 +203,7 @@ def _score_seed(names: list[str], out: Path, seed: int, n: int, ref: list[str], 
     scored = {}
     for name, given in inputs.items():
         # same bootstrap seed for every study seed: replicate b shares its reference half-sample
-        reps = replicates(chosen, given, resamples=resamples, seed=0, fewer=COSTLY)
+        reps = replicates(chosen, given, resamples=resamples, seed=0, fewer=costly())
         scored[name] = (compute(chosen, given), reps)
         _log(f"scored {name} seed {seed}")
     return scored
@@ -272,7 +271,7 @@ def score(args) -> None:
     rows = _average(per_seed)
     missing = {name: rows_ for name, rows_ in found.items() if name not in names}
     meta["design"] = {"n": n, "seeds": seeds, "sets": names, "not_scored": missing, "resamples": args.resamples,
-                      "costly_resamples": COSTLY}  # fmt: skip
+                      "costly_resamples": 30}  # fmt: skip
     meta["scores"] = rows
     meta["checks"] = _checks(rows)
     meta["scoring"] = {

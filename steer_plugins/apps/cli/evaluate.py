@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from ..eval.bootstrap import DEFAULT_RESAMPLES
+from ..eval.bootstrap import DEFAULT_COSTLY_RESAMPLES, DEFAULT_RESAMPLES
 from ..eval.metrics import EMBEDDING_METRICS, METRICS
 from ._common import CLIError, add_subcommand, count_word, read_examples
 
@@ -27,7 +27,8 @@ EPILOG = f"""examples:
 Inputs: JSONL with a `text` field, or plain text with one example per line. Every set (and the reference)
 is subsampled (seeded) to the smallest size, printed as `sample size used`; every set and the reference need
 at least 2 examples. completion_rate reads each JSONL row's `finish_reason` ("stop" vs "length"). --ci adds a
-95% interval to every metric (half-sample bootstrap, B resamples, seeded by --seed).
+95% interval to every metric (half-sample bootstrap, --resamples B, seeded by --seed; MAUVE and AUROC take
+about a second per resample and get --resamples-costly).
 {_METRIC_LINES}
 """
 
@@ -49,6 +50,12 @@ def add_parser(subs: Any) -> argparse.ArgumentParser:
         default=DEFAULT_RESAMPLES,
         help="bootstrap resamples B for --ci (default %(default)s)",
     )
+    e.add_argument(
+        "--resamples-costly",
+        type=int,
+        default=DEFAULT_COSTLY_RESAMPLES,
+        help="resamples for MAUVE and AUROC (about 1 s each; normal interval) (default %(default)s)",
+    )
     e.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report here")
     e.set_defaults(func=run)
     return e
@@ -57,6 +64,7 @@ def add_parser(subs: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Print the metrics table of every synthetic file (JSON with `--json`, a page with `--html`)."""
     from ..eval import evaluate, evaluate_with_ci, format_table, read_finish_reasons
+    from ..eval.bootstrap import costly
 
     reference = read_examples(args.reference, "reference")
     synthetic, reasons = {}, {}
@@ -77,12 +85,17 @@ def run(args: argparse.Namespace) -> int:
         "finish_reasons": reasons,
     }
     if args.ci:
-        results = evaluate_with_ci(synthetic, reference, resamples=args.resamples, **kwargs)
+        fewer = costly(max(2, args.resamples_costly))
+        results = evaluate_with_ci(synthetic, reference, resamples=args.resamples, fewer=fewer, **kwargs)
     else:
         results = evaluate(synthetic, reference, **kwargs)
     n = next(iter(results.values()))["sample_size"]
     print(format_table(results))
-    ci = f"; 95% intervals from {args.resamples} half-sample resamples" if args.ci else ""
+    ci = (
+        f"; 95% intervals from {args.resamples} half-sample resamples ({args.resamples_costly} for MAUVE, AUROC)"
+        if args.ci
+        else ""
+    )
     print(
         f"sample size used: {n} examples per set (seeded subsample, seed={args.seed}; "
         f"reference has {len(reference)}){ci}"

@@ -39,6 +39,9 @@ __all__ = [
     "DEFAULT_RESAMPLES",
     "DEFAULT_CONFIDENCE",
     "MIN_PERCENTILE_RESAMPLES",
+    "COSTLY_METRICS",
+    "DEFAULT_COSTLY_RESAMPLES",
+    "costly",
     "replicates",
     "interval",
     "evaluate_with_ci",
@@ -47,8 +50,17 @@ __all__ = [
 DEFAULT_RESAMPLES = 200
 """Resamples B per interval (`steer evaluate --resamples`)."""
 DEFAULT_CONFIDENCE = 0.95
+COSTLY_METRICS = ("mauve", "adversarial_auroc")
+"""Metrics that take about a second per call: bootstrapped with fewer resamples by default."""
+DEFAULT_COSTLY_RESAMPLES = 30
+"""Resamples for `COSTLY_METRICS` (`steer evaluate --resamples-costly`); their interval is the normal one."""
 MIN_PERCENTILE_RESAMPLES = 100
 """Below this many finite replicates, `interval` is the normal one (mean ± z·sd)."""
+
+
+def costly(resamples: int = DEFAULT_COSTLY_RESAMPLES) -> dict[str, int]:
+    """`fewer=` for `replicates`: `resamples` for each of `COSTLY_METRICS`."""
+    return {m: resamples for m in COSTLY_METRICS}
 
 
 def _half(size: int, rng: np.random.Generator) -> np.ndarray:
