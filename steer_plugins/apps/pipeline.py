@@ -6,13 +6,23 @@ puts their texts into the negative pool as synthetic examples (as if the run had
 and generates only the rest. Parquet output is written once at the end (from a JSONL side file
 that carries the resume state).
 
+The settings that decide the rows (model name with its weight hash, the engine fingerprint, every
+`SteerConfig` field, seed, prompt, pool, dedup) are recorded in `<out>.meta.json` before the first
+row. A run on a file whose rows were made with other settings stops with a `SettingsMismatchError`
+naming each differing field, instead of appending rows of another kind; `overwrite=True` starts the
+file over. The output is locked while a run writes it, so two runs (under any spelling of the path)
+never interleave.
+
+With a `Deduper` (`dedup=`), a row whose text duplicates an earlier row (of this run or of the file)
+is dropped and drawn again, and only kept rows join the negative pool.
+
 Example (tiny in-code model):
     >>> from steer_plugins import SteerEngine
     >>> from steer_plugins.testing import TINY_CORPUS, tiny_model, tiny_tokenizer
     >>> tok = tiny_tokenizer()
     >>> engine = SteerEngine(tiny_model("llama", tok), tokenizer=tok, pool=list(TINY_CORPUS))
     >>> stats = generate_to_file(engine, "Write a question:", 4, "/tmp/out.jsonl", max_new_tokens=8,
-    ...                          num_negatives=2, seed=0)
+    ...                          num_negatives=2, seed=0, overwrite=True)
     >>> stats.total
     4
 """
@@ -21,31 +31,60 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .data_io import DataFormatError, append_jsonl, read_jsonl
+from .data_io import DataFormatError, append_jsonl, locked, read_jsonl
+from .dedup import Deduper
+from .outputs import (
+    META_FORMAT,
+    OUTPUT_SUFFIXES,
+    SettingsMismatchError,
+    check_output,
+    check_record,
+    diff_settings,
+    meta_path,
+    read_meta,
+    rows_path,
+    settings_record,
+    write_meta,
+)
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "HYPOTHESIS_INSTRUCTION",
+    "MAX_DRAWS_PER_ROW",
+    "META_FORMAT",
+    "OUTPUT_SUFFIXES",
     "GenerationStats",
+    "SettingsMismatchError",
+    "check_output",
+    "diff_settings",
     "generate_to_file",
+    "meta_path",
     "postprocess",
+    "read_meta",
     "repair_jsonl_tail",
+    "settings_record",
 ]
 
 DEFAULT_CHUNK_SIZE = 16
 """Rows decoded together and appended to the output file at once."""
 HYPOTHESIS_INSTRUCTION = "Write a research hypothesis in astronomy, phrased as a question."
 """The instruction the shipped `hypotheses-lora` adapter was trained to answer."""
+MAX_DRAWS_PER_ROW = 4
+"""With dedup: draws allowed per wanted row before a run stops short (the model keeps repeating)."""
 
 
 @dataclass
 class GenerationStats:
-    """What one `generate_to_file` call did."""
+    """What one `generate_to_file` call did.
+
+    `duplicates` and `draws` count this call's dropped duplicates and generated texts (kept or not);
+    `complete` is False when dedup stopped the run short of `n` rows (see `MAX_DRAWS_PER_ROW`).
+    """
 
     path: str
     total: int
@@ -53,6 +92,9 @@ class GenerationStats:
     generated: int
     completion_tokens: int
     seconds: float
+    duplicates: int = 0
+    draws: int = 0
+    complete: bool = True
 
     @property
     def tokens_per_s(self) -> float:
@@ -86,53 +128,112 @@ def repair_jsonl_tail(path: str | os.PathLike[str]) -> int:
     return cut
 
 
-def _existing_rows(path: Path) -> list[dict[str, Any]]:
-    repair_jsonl_tail(path)
-    return read_jsonl(path) if path.exists() else []
+def _start_over(out: Path, jsonl: Path) -> None:
+    """`overwrite`: empty the rows file (keeping its inode, which holds the lock), drop the rest."""
+    jsonl.open("w").close()
+    for stale in (meta_path(out), out if out != jsonl else None):
+        if stale is not None and stale.exists():
+            stale.unlink()
 
 
-def _jsonl_path(out: Path) -> Path:
-    """The JSONL file rows are appended to: `out` itself, or `<out>.partial.jsonl` for Parquet."""
-    suffix = out.suffix.lower()
-    if suffix not in (".jsonl", ".parquet"):
-        raise ValueError(f"output `{out}` must end in .jsonl or .parquet, got {suffix or 'no suffix'!r}")
-    if suffix == ".jsonl":
-        return out
-    jsonl = out.with_name(out.name + ".partial.jsonl")
-    if out.exists() and not jsonl.exists():
-        raise ValueError(f"`{out}` already exists and has no resume file `{jsonl}`: pass a new --out path")
-    return jsonl
-
-
-def _resume(jsonl: Path, engine: Any, pool: Any) -> int:
-    """Count the rows already in `jsonl`; their texts join the negative pool (`pool`, else the engine's).
-
-    The paper's loop: earlier outputs are negatives for later ones, as if the run had never stopped.
-    """
-    existing = _existing_rows(jsonl)
+def _existing_texts(jsonl: Path) -> list[str]:
+    """The texts of the rows already in `jsonl` (a partial last line is dropped first)."""
+    repair_jsonl_tail(jsonl)
+    existing = read_jsonl(jsonl) if jsonl.exists() else []
     bad = [i + 1 for i, row in enumerate(existing) if not isinstance(row.get("text"), str)]
     if bad:
         raise DataFormatError(
             f"{jsonl}, line {bad[0]}: existing row has no string `text`; not a steer output"
         )
-    if existing:
-        (engine.pool if pool is None else pool).add([row["text"] for row in existing])
-    return len(existing)
+    return [row["text"] for row in existing]
 
 
-def _row(result: Any, close_with: str | None, extra_fields: Mapping[str, Any] | None) -> dict[str, Any]:
-    """One output row from one `SteerResult`."""
+def _row(
+    result: Any, close_with: str | None, extra_fields: Mapping[str, Any] | None, prompt: str | None
+) -> dict[str, Any]:
+    """One output row from one `SteerResult` (`prompt` recorded when a run has several)."""
     row = {"text": postprocess(result.text, result.finish_reason, close_with)}
     row.update(
         {"finish_reason": result.finish_reason, "tokens": result.completion_tokens, "seed": result.seed}
     )
+    if prompt is not None:
+        row["prompt"] = prompt
     row.update(extra_fields or {})
     return row
 
 
+@dataclass
+class _Run:
+    """One `generate_to_file` call's decoding: chunks of draws become kept rows in the file."""
+
+    engine: Any
+    prompts: list[str]
+    jsonl: Path
+    call: dict[str, Any]  # engine.generate keywords: SteerConfig fields, `pool`, `add_to_pool`
+    target: Any  # the pool kept outputs join
+    seed: int | None = None
+    close_with: str | None = None
+    extra: Mapping[str, Any] | None = None
+    base_prompt: str | None = None
+    dedup: Deduper | None = None
+    grow: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.dedup is not None:
+            self.call["add_to_pool"] = False  # kept rows join the pool in `chunk`, duplicates never
+        elif self.grow is not None:
+            self.call["add_to_pool"] = self.grow
+
+    def chunk(self, first_draw: int, size: int) -> tuple[int, int, int]:
+        """Draw `size` texts from draw index `first_draw` on and append the kept rows.
+
+        Returns:
+            (rows kept, duplicates dropped, completion tokens).
+        """
+        prompts = [self.prompts[d % len(self.prompts)] for d in range(first_draw, first_draw + size)]
+        kw = dict(self.call)
+        if self.seed is not None:
+            kw["seed"] = self.seed + first_draw  # draw d always gets seed + d, resumed or not
+        if self.base_prompt is not None:
+            kw["base_prompts"] = [self.base_prompt] * size
+        results = self.engine.generate(prompts, progress=False, **kw)
+        rows, kept_texts = [], []
+        for prompt, result in zip(prompts, results, strict=True):
+            row = _row(result, self.close_with, self.extra, prompt if len(self.prompts) > 1 else None)
+            if self.dedup is not None and self.dedup.seen(row["text"]):
+                continue
+            rows.append(row)
+            kept_texts.append(result.text)
+        if self.dedup is not None and (self.target.num_real > 0 if self.grow is None else self.grow):
+            self.target.add(kept_texts)
+        append_jsonl(self.jsonl, rows)
+        return len(rows), size - len(rows), sum(r.completion_tokens for r in results)
+
+
+def _bar(progress: bool, n: int, done: int) -> Any:
+    """One bar over the whole run (rows, ETA), or None."""
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=n, initial=done, unit="row", desc="steer generate", dynamic_ncols=True)
+
+
+def _check_args(n: Any, chunk_size: Any, prompt: Any) -> list[str]:
+    """The prompts as a list, after checking `n`, `chunk_size` and `prompt`."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"`n` must be a positive integer, got {n!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be an integer >= 1, got {chunk_size!r}")
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"`prompt` must be a string or a non-empty list of strings, got {prompt!r}")
+    return prompts
+
+
 def generate_to_file(
     engine: Any,
-    prompt: str,
+    prompt: str | Sequence[str],
     n: int,
     out: str | os.PathLike[str],
     *,
@@ -143,62 +244,115 @@ def generate_to_file(
     on_chunk: Callable[[GenerationStats], None] | None = None,
     pool: Any = None,
     base_prompt: str | None = None,
+    dedup: Deduper | None = None,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> GenerationStats:
     """Generate `n` rows from `prompt` into `out` (`.jsonl` or `.parquet`), resuming if rows exist.
 
     Args:
         engine: a `SteerEngine` (its pool seeds the negatives; outputs join it as they are made).
-        prompt: the instruction prompt, the same for every row.
+        prompt: the instruction prompt, the same for every row; or a list of prompts, draw i from
+            prompt i mod len (each row then records its `prompt`).
         n: rows wanted in the file in total (rows already there count).
         out: output path; `.parquet` is written at the end from `<out>.partial.jsonl`.
         chunk_size: rows decoded per `engine.generate` call and appended together.
         close_with: re-append this stop string to texts that ended on it (see `postprocess`).
-        progress: show the engine's tqdm bar (prompts, tokens/s) per chunk.
+        progress: show one bar over the whole run (rows, ETA, tokens/s).
         extra_fields: constant fields added to every row (e.g. the method name).
         on_chunk: called after each chunk is written, with the running stats.
         pool: a `NegativePool` to draw negatives from (and grow) instead of `engine.pool`.
         base_prompt: the base branch's own prompt (a prompted expert: `prompt` carries the examples).
+        dedup: drop rows whose text duplicates an earlier row (`Deduper`); they are drawn again (at
+            most `MAX_DRAWS_PER_ROW` draws per wanted row) and never join the pool.
+        overwrite: delete the rows already in `out` and start over.
         **overrides: `SteerConfig` fields for every call. With a seed (`seed=s` here or in the
-            engine's config) row i gets seed s + i, so a resumed run draws the seeds it would have.
+            engine's config) draw i gets seed s + i, so a resumed run draws the seeds it would have.
 
     Returns:
-        `GenerationStats` (rows skipped because they existed, generated, tokens, seconds).
+        `GenerationStats` (rows skipped because they existed, generated, duplicates, tokens, seconds).
 
     Raises:
-        ValueError: `n` < 1 or an unsupported output suffix.
+        ValueError: `n` < 1, `chunk_size` < 1 or an unsupported output suffix.
+        SettingsMismatchError: `out` holds rows made with other settings (the fields are named).
         DataFormatError: the existing output has a malformed line (named by its number).
+        FileInUseError: another process is writing `out`.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"`n` must be a positive integer, got {n!r}")
-    if chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}")
-    out = Path(out)
-    jsonl = _jsonl_path(out)
-    skipped = min(_resume(jsonl, engine, pool), n)
-    if pool is not None:
-        overrides["pool"] = pool
-    done, tokens, started = skipped, 0, time.perf_counter()
-    base_seed = overrides.pop("seed", None)
-    if base_seed is None:
-        base_seed = getattr(getattr(engine, "config", None), "seed", None)
-    stats = GenerationStats(str(out), done, skipped, 0, 0, 0.0)
-    while done < n:
-        size = min(chunk_size, n - done)
-        seeded = {} if base_seed is None else {"seed": base_seed + done}
-        if base_prompt is not None:
-            seeded["base_prompts"] = [base_prompt] * size
-        results = engine.generate([prompt] * size, progress=progress, **seeded, **overrides)
-        append_jsonl(jsonl, [_row(r, close_with, extra_fields) for r in results])
-        done += size
-        tokens += sum(r.completion_tokens for r in results)
-        stats = GenerationStats(
-            str(out), done, skipped, done - skipped, tokens, time.perf_counter() - started
-        )
-        if on_chunk is not None:
-            on_chunk(stats)
+    prompts = _check_args(n, chunk_size, prompt)
+    out = check_output(out, overwrite=overwrite)
+    jsonl = rows_path(out)
+    seed = overrides.pop("seed", None)
+    seed = getattr(getattr(engine, "config", None), "seed", None) if seed is None else seed
+    grow = overrides.pop("add_to_pool", None)
+    target = engine.pool if pool is None else pool
+    record = settings_record(engine, prompts, seed=seed, config_overrides=overrides, pool=target)
+    record.update(
+        base_prompt=base_prompt, close_with=close_with, dedup=None if dedup is None else dedup.settings()
+    )
+    call = {**overrides, **({"pool": pool} if pool is not None else {})}
+    run = _Run(engine, prompts, jsonl, call, target, seed, close_with, extra_fields, base_prompt, dedup, grow)
+    with locked(jsonl):
+        existing, counts = _resume(run, out, record, overwrite)
+        bar = _bar(progress, n, min(existing, n))
+        stats = _loop(run, out, record, n, existing, counts, chunk_size, bar, on_chunk)
     if jsonl != out:
         _write_parquet(jsonl, out)
+    return stats
+
+
+def _resume(run: _Run, out: Path, record: Mapping[str, Any], overwrite: bool) -> tuple[int, dict[str, Any]]:
+    """(rows already in the file, their recorded counts), once their settings match `record`; their
+    texts join the pool (the paper's loop: earlier outputs are negatives for later ones) and dedup."""
+    if overwrite:
+        _start_over(out, run.jsonl)
+    existing = _existing_texts(run.jsonl)
+    counts = check_record(out, len(existing), record)
+    if existing:
+        run.target.add(existing)
+        if run.dedup is not None:
+            run.dedup.add(existing)
+    write_meta(out, record, {**counts, "rows": len(existing)})
+    return len(existing), counts
+
+
+def _loop(
+    run: _Run,
+    out: Path,
+    record: Mapping[str, Any],
+    n: int,
+    existing: int,
+    counts: Mapping[str, Any],
+    chunk_size: int,
+    bar: Any,
+    on_chunk: Callable[[GenerationStats], None] | None,
+) -> GenerationStats:
+    """Draw chunks until `n` rows are in the file (or dedup's draw budget is spent)."""
+    skipped = done = min(existing, n)
+    first = draws = max(existing, int(counts.get("draws") or 0))
+    dups_before = int(counts.get("duplicates") or 0)
+    limit = draws + MAX_DRAWS_PER_ROW * (n - done) if run.dedup is not None else None
+    dups = tokens = 0
+    started = time.perf_counter()
+    stats = GenerationStats(str(out), done, skipped, 0, 0, 0.0)
+    try:
+        while done < n and (limit is None or draws < limit):
+            size = min(chunk_size, n - done, (limit - draws) if limit is not None else chunk_size)
+            kept, dropped, used = run.chunk(draws, size)
+            done, draws, dups, tokens = done + kept, draws + kept + dropped, dups + dropped, tokens + used
+            rows_now = max(existing, done)
+            write_meta(out, record, {"rows": rows_now, "draws": draws, "duplicates": dups_before + dups})
+            seconds = time.perf_counter() - started
+            stats = GenerationStats(
+                str(out), done, skipped, done - skipped, tokens, seconds, dups, draws - first, done >= n
+            )
+            if bar is not None:
+                bar.update(kept)
+                bar.set_postfix(tok_s=f"{stats.tokens_per_s:.1f}", **({"dups": dups} if run.dedup else {}))
+            if on_chunk is not None:
+                on_chunk(stats)
+    finally:
+        if bar is not None:
+            bar.close()
     return stats
 
 

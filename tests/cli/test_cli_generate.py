@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from steer_plugins import SteerConfig, SteerEngine
-from steer_plugins.apps.cli import config_flag_specs, main
+from steer_plugins.apps.cli import build_parser, config_flag_specs, main
 from steer_plugins.apps.data_io import read_jsonl
 from steer_plugins.apps.eval import METRICS
 
@@ -127,8 +128,177 @@ def test_prompted_expert_gives_the_base_branch_the_plain_instruction(
     assert seen["base_prompts"] and not any(t in seen["base_prompts"][0] for t in real)  # the base does not
 
 
-@pytest.mark.parametrize("command", ["demo", "generate", "finetune", "evaluate", "sweep"])
+@pytest.mark.parametrize("command", ["demo", "generate", "augment", "finetune", "evaluate", "sweep"])
 def test_every_command_help_teaches_with_an_example(command, capsys):
     assert main([command, "--help"]) == 0
     text = capsys.readouterr().out
     assert "example" in text and f"steer {command}" in text
+
+
+# ------------------------------------------------------------------ settings record (issue 10, item 9)
+
+
+def _gen(gen_args, out, *extra):
+    return main(["generate", *gen_args, "--chunk-size", "2", "--out", str(out), *extra])
+
+
+def test_rerun_with_other_settings_is_refused_naming_the_fields(tmp_path, gen_args, capsys):
+    out = tmp_path / "synth.jsonl"
+    assert _gen(gen_args, out, "--n", "2", "--gamma", "0.2") == 0
+    meta = json.loads((tmp_path / "synth.jsonl.meta.json").read_text())
+    assert meta["settings"]["config"]["gamma"] == 0.2 and meta["settings"]["seed"] == 0
+    name = meta["settings"]["model"]  # the folder and a hash of its weights
+    assert (
+        name.split("@")[0] == gen_args[1]
+        and len(name.split("@")[1]) == 16
+        and meta["settings"]["fingerprint"]
+    )
+    capsys.readouterr()
+
+    # caught before any model loads: the expert given here does not even exist
+    args = [a for a in gen_args]
+    args[args.index("--expert") + 1] = str(tmp_path / "no-such-model")
+    assert _gen(args, out, "--n", "4", "--gamma", "0.5", "--seed", "1") == 2
+    err = capsys.readouterr().err
+    assert "gamma: 0.2 in the file, 0.5 now" in err and "seed: 0 in the file, 1 now" in err
+    assert "--out elsewhere" in err and "--overwrite" in err and "Traceback" not in err
+    assert len(_rows(out)) == 2  # nothing appended
+
+    assert _gen(gen_args, out, "--n", "3", "--gamma", "0.5", "--overwrite") == 0
+    rows = _rows(out)
+    assert len(rows) == 3 and [r["seed"] for r in rows] == [0, 1, 2]  # started over
+    assert json.loads((tmp_path / "synth.jsonl.meta.json").read_text())["settings"]["config"]["gamma"] == 0.5
+
+
+def test_rerun_after_retraining_the_model_in_place_or_with_another_prompt_is_refused(
+    tmp_path, gen_args, tiny_model_dir, tiny_tok, capsys
+):
+    import shutil
+
+    from steer_plugins.testing import tiny_model
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    args = list(gen_args)
+    args[args.index("--expert") + 1] = str(model)
+    out = tmp_path / "synth.jsonl"
+    assert _gen(args, out, "--n", "2") == 0
+    old = json.loads((tmp_path / "synth.jsonl.meta.json").read_text())["settings"]["model"]
+    tiny_model("llama", tiny_tok, seed=7).save_pretrained(model)  # same folder, new weights
+    capsys.readouterr()
+    assert _gen(args, out, "--n", "4") == 2
+    err = capsys.readouterr().err
+    assert f"model: {old!r} in the file, '{model}@" in err and len(_rows(out)) == 2
+    args[args.index("--prompt") + 1] = "Write a statement:"
+    assert _gen(args, out, "--n", "4") == 2
+    assert "prompt: 'Write a question:' in the file, 'Write a statement:' now" in capsys.readouterr().err
+
+
+def test_rows_without_a_settings_record_are_not_appended_to(tmp_path, gen_args, capsys):
+    out = tmp_path / "synth.jsonl"
+    out.write_text('{"text": "made elsewhere"}\n')
+    assert _gen(gen_args, out, "--n", "2") == 2
+    assert "no settings record" in capsys.readouterr().err and len(_rows(out)) == 1
+
+
+def test_two_spellings_of_one_path_are_one_file(tmp_path, gen_args, capsys):
+    import fcntl
+
+    (tmp_path / "f").mkdir()
+    plain, dotted = tmp_path / "f" / "x.jsonl", tmp_path / "f" / ".." / "f" / "x.jsonl"
+    assert _gen(gen_args, plain, "--n", "2") == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert _gen(gen_args, dotted, "--n", "2") == 0
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["path"] == second["path"] == str(plain.resolve()) and second["skipped"] == 2
+    with plain.open("ab") as held:  # another run is writing it: the other spelling waits its turn
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        assert _gen(gen_args, dotted, "--n", "4") == 2
+    assert "being written by another process" in capsys.readouterr().err
+    assert len(_rows(plain)) == 2
+
+
+# ------------------------------------------------------------------ issue 14: prompts file, progress, help
+
+
+def test_prompts_file_gives_one_row_per_prompt(tmp_path, gen_args, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Write about stars:\n\nWrite about moons:\nWrite about comets:\n")
+    args = [a for a in gen_args if a not in ("--prompt", "Write a question:")]
+    out = tmp_path / "p.jsonl"
+    assert main(["generate", *args, "--prompts", str(prompts), "--raw-prompts", "--out", str(out)]) == 0
+    rows = _rows(out)
+    assert [r["prompt"] for r in rows] == ["Write about stars:", "Write about moons:", "Write about comets:"]
+    assert main(["generate", *gen_args, "--prompts", str(prompts), "--out", str(tmp_path / "q.jsonl")]) == 2
+    assert "drop --prompt" in capsys.readouterr().err
+
+
+def test_one_progress_bar_over_the_whole_run(tmp_path, gen_args, capsys):
+    args = [a for a in gen_args if a != "--quiet"]
+    assert main(["generate", *args, "--n", "5", "--chunk-size", "2", "--out", str(tmp_path / "o.jsonl")]) == 0
+    err = capsys.readouterr().err.replace("\r", "\n")
+    bars = [line for line in err.splitlines() if "steer generate" in line and "row" in line]
+    assert bars and "5/5" in bars[-1]  # one total across the three chunks
+    assert all("/5 " in line for line in bars)  # never a per-chunk total
+    assert "prompt/s" not in err and "steer:" not in err  # the engine's per-call bars are off
+
+
+def test_version_flag(capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("steer ")
+
+
+@pytest.mark.parametrize("command", ["demo", "generate", "augment", "finetune"])
+def test_every_flag_has_help_and_shows_its_default(command):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    help_text = " ".join(sub.format_help().split())
+    for action in sub._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        assert action.help, f"{command} {action.option_strings[0]} has no help"
+        if action.default not in (None, False):
+            assert f"default: {action.default}" in help_text or f"default {action.default}" in help_text, (
+                command,
+                action.option_strings[0],
+            )
+    if command == "generate":
+        assert "'paper' = (1+γ)" in help_text and "'cfg' = (1+γ+η)" in help_text  # --form says what they are
+
+
+@pytest.mark.slow
+def test_demo_output_is_not_flooded_by_loading_bars_or_warnings(tmp_path):
+    """The real shipped expert: no GGUF conversion / weight-loading bars, no FutureWarning."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "steer_plugins.apps.cli", "demo", "--n", "2", "--max-new-tokens", "4",
+           "--no-embeddings"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    err = done.stderr
+    assert "Converting and de-quantizing" not in err and "Loading weights" not in err
+    assert "FutureWarning" not in err
+    assert "loading the shipped expert" in err and "STEER (γ=0.2, η=0.6)" in done.stdout
+
+
+def test_quiet_loading_silences_loading_bars_and_future_warnings_then_restores_them():
+    import warnings
+
+    from transformers import modeling_gguf_pytorch_utils as gguf
+    from transformers.utils import logging as hf_logging
+
+    from steer_plugins.apps.cli._setup import quiet_loading
+
+    original = gguf.tqdm
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_loading():
+            assert not hf_logging.is_progress_bar_enabled()
+            assert gguf.tqdm(range(3)).disable  # the GGUF conversion bar
+            warnings.warn("deprecated", FutureWarning, stacklevel=1)
+        warnings.warn("after", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["after"]
+    assert gguf.tqdm is original and hf_logging.is_progress_bar_enabled()

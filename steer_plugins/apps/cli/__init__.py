@@ -14,12 +14,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import demo, evaluate, finetune, generate, sweep, tune
-from ._common import RUN_KEYS, config_flag_specs, run_command
+from . import augment, demo, evaluate, finetune, generate, sweep, tune
+from ._common import RUN_KEYS, add_version_flag, config_flag_specs, run_command
 
 __all__ = ["main", "build_parser", "config_flag_specs", "RUN_KEYS", "COMMANDS"]
 
-COMMANDS = (demo, generate, finetune, evaluate, sweep, tune)
+COMMANDS = (demo, generate, augment, finetune, evaluate, sweep, tune)
 """The subcommand modules, in help order; each has `add_parser(subparsers)` and `run(args)`."""
 
 DESCRIPTION = "STEER decoding (arXiv 2308.07645): diverse, faithful synthetic data from an expert model."
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version_flag(parser)
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(subs)

@@ -4,6 +4,7 @@ the subcommand parser factory, the `SteerConfig` flags, config files and the run
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core.sources import DEFAULT_MODEL
-from ..data_io import DataFormatError, read_texts
+from ..data_io import DataFormatError, read_lines, read_texts
 
 __all__ = [
     "ASSETS",
@@ -22,9 +23,12 @@ __all__ = [
     "MODEL_KINDS",
     "RUN_KEYS",
     "CLIError",
+    "HelpFormatter",
     "add_config_flags",
     "add_model_flags",
     "add_subcommand",
+    "add_version_flag",
+    "check_run_settings",
     "config_flag_specs",
     "count_word",
     "load_config_file",
@@ -58,8 +62,22 @@ RUN_KEYS: dict[str, str] = {
     "close_with": "re-append this stop string to texts that ended on it (e.g. '?')",
     "threads": "torch CPU threads",
     "device": "torch device (cpu, cuda)",
+    "prompts": "file of prompts, one per row (JSONL `prompt`/`text` field, or plain text lines)",
+    "dedup": "drop duplicate outputs: exact or minhash",
+    "dedup_threshold": "minhash: Jaccard similarity at which two outputs are duplicates",
 }
 """Keys a `steer generate` config file may hold besides the `SteerConfig` fields."""
+_STR_KEYS = frozenset(
+    {"expert", "base", "prompt", "instruction", "prompted_expert", "out", "pool", "close_with", "device"}
+    | {"prompts", "dedup"}
+)
+_POSITIVE_INT_KEYS = frozenset({"n", "num_shots", "chunk_size", "threads"})
+_FLAG_HELP = {
+    "form": "how the branch log-probs combine: 'paper' = (1+γ)·ℓ_expert − γ·ℓ_base − η·ℓ_negatives "
+    "(the paper's rule); 'cfg' = (1+γ+η)·ℓ_expert − γ·ℓ_base − η·ℓ_negatives (classifier-free guidance "
+    "form, HF guidance_scale = 1+η: the expert is also amplified by η)",
+}
+"""Help texts of `SteerConfig` flags whose field description is too short for a command line."""
 
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
@@ -76,16 +94,65 @@ def log(msg: str) -> None:
     print(f"[steer] {msg}", file=sys.stderr, flush=True)
 
 
+def _os_error_line(e: OSError) -> str:
+    """One line for a failed file operation: what, which file, and the fix for a full disk."""
+    text = f"{e.strerror}: `{e.filename}`" if e.strerror and e.filename else str(e)
+    if e.errno == errno.ENOSPC or "No space left" in text:
+        text += " (the disk is full: free space or write elsewhere, then rerun the same command to resume)"
+    return text
+
+
 def run_command(args: argparse.Namespace) -> int:
-    """Run `args.func(args)`; a user error prints `steer CMD: error: ...` and returns 2, Ctrl-C 130."""
+    """Run `args.func(args)`; a user error prints `steer CMD: error: ...` and returns 2, Ctrl-C 130.
+
+    User errors: `CLIError`, bad data (`DataFormatError`, `ValueError`), a missing optional package
+    (`ImportError`) and failed file operations (`OSError`: missing, read-only, disk full).
+    """
     try:
         return args.func(args)
-    except (CLIError, FileNotFoundError, IsADirectoryError, DataFormatError, ValueError, ImportError) as e:
+    except (CLIError, DataFormatError, ValueError, ImportError) as e:
         print(f"steer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"steer {args.command}: error: {_os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"steer {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def version() -> str:
+    """The installed steer-plugins version (the source tree's when it is not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("steer-plugins")
+    except metadata.PackageNotFoundError:
+        import steer_plugins
+
+        return getattr(steer_plugins, "__version__", "unknown")
+
+
+def add_version_flag(parser: argparse.ArgumentParser) -> None:
+    """`--version`: print `steer <version>` and exit 0."""
+    parser.add_argument(
+        "--version", action="version", version=f"steer {version()}", help="print the version and exit"
+    )
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout and adds `(default: X)` to every flag whose help does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and default not in (None, False, argparse.SUPPRESS)
+            and "default" not in text.lower()
+        ):
+            text += " (default: %(default)s)"
+        return text
 
 
 def add_subcommand(subs: Any, name: str, help_text: str, epilog: str) -> argparse.ArgumentParser:
@@ -95,7 +162,7 @@ def add_subcommand(subs: Any, name: str, help_text: str, epilog: str) -> argpars
         help=help_text,
         description=help_text,
         epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
 
 
@@ -148,7 +215,8 @@ def config_flag_specs() -> list[tuple[str, dict[str, Any]]]:
         flag = "--" + name.replace("_", "-")
         ann, optional = _unwrap_optional(field.annotation)
         default = field.default if field.default_factory is None else field.default_factory()
-        help_text = f"{field.description or ''} (default {default!r}{'; none = off' if optional else ''})"
+        description = _FLAG_HELP.get(name, field.description or "")
+        help_text = f"{description} (default {default!r}{'; none = off' if optional else ''})"
         kw: dict[str, Any] = {"dest": f"cfg_{name}", "default": None, "help": help_text}
         if typing.get_origin(ann) is typing.Literal:
             kw["choices"] = list(typing.get_args(ann))
@@ -203,7 +271,13 @@ def _parse_config_text(p: Path, text: str) -> Any:
             raise CLIError(
                 "YAML config files need pyyaml: pip install 'steer-plugins[eval]' (or use JSON)"
             ) from e
-        return yaml.safe_load(text) or {}
+        try:
+            return yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f", line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise CLIError(f"{p}{where}: malformed YAML config ({problem})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -221,7 +295,7 @@ def load_config_file(path: str | None) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"config file not found: `{p}`")
-    data = _parse_config_text(p, p.read_text(encoding="utf-8"))
+    data = _parse_config_text(p, "\n".join(line for _, line in read_lines(p)))
     if not isinstance(data, dict):
         raise CLIError(f"config file `{p}` must hold a mapping of keys to values, got {type(data).__name__}")
     nested = data.pop("config", None) or {}
@@ -240,10 +314,33 @@ def load_config_file(path: str | None) -> dict[str, Any]:
     return data
 
 
+def check_run_settings(settings: dict[str, Any]) -> None:
+    """Strict types for the run settings (from flags or a config file): text keys must be strings,
+    counts positive integers (`n: 2.7`, `n: [1, 2]`, `out: 123`, `chunk_size: 0` are errors).
+
+    Raises:
+        CLIError: naming the key, its flag and the value.
+    """
+    for key, value in settings.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key in _STR_KEYS and not isinstance(value, str):
+            hint = (
+                "; for several prompts, put them in a file and pass --prompts FILE" if key == "prompt" else ""
+            )
+            raise CLIError(f"`{key}` ({flag}) must be a string, got {value!r} ({type(value).__name__}){hint}")
+        if key in _POSITIVE_INT_KEYS and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise CLIError(f"`{key}` ({flag}) must be a positive integer, got {value!r}")
+        if key == "dedup_threshold" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise CLIError(f"`{key}` ({flag}) must be a number in (0, 1], got {value!r}")
+
+
 def split_settings(
     args: argparse.Namespace, file_cfg: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(run settings, SteerConfig fields): config file first, flags override."""
+    """(run settings, SteerConfig fields): config file first, flags override; run settings checked
+    by `check_run_settings`."""
     from ...core.config import SteerConfig
 
     settings = {k: v for k, v in file_cfg.items() if k in RUN_KEYS}
@@ -253,6 +350,7 @@ def split_settings(
         if value is not None:
             settings[key] = value
     fields.update({k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None})
+    check_run_settings(settings)
     return settings, fields
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from ...core.sources import DEFAULT_MODEL
 from ._common import DEFAULT_EXPERT, DEFAULT_SEED_SET, add_subcommand, log, set_threads
+from ._setup import quiet_loading
 
 __all__ = ["HELP", "EPILOG", "DEMO_N", "DEMO_MAX_NEW_TOKENS", "DEMO_THREADS", "add_parser", "run"]
 
@@ -31,8 +32,18 @@ def add_parser(subs: Any) -> argparse.ArgumentParser:
     """Register `steer demo` on the subparsers `subs`."""
     d = add_subcommand(subs, "demo", HELP, EPILOG)
     d.add_argument("--n", type=int, default=DEMO_N, help=f"hypotheses per method (default {DEMO_N})")
-    d.add_argument("--max-new-tokens", type=int, default=DEMO_MAX_NEW_TOKENS)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEMO_MAX_NEW_TOKENS,
+        help=f"tokens per hypothesis at most (default {DEMO_MAX_NEW_TOKENS})",
+    )
+    d.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of both methods' sampling and negative draws; the same seed gives the same texts (default 0)",
+    )
     d.add_argument(
         "--threads",
         type=int,
@@ -87,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     seeds = read_texts(DEFAULT_SEED_SET)
     config = SteerConfig(max_new_tokens=args.max_new_tokens, stop=["?"])
     log(f"loading the shipped expert ({Path(DEFAULT_EXPERT).name} over {DEFAULT_MODEL})")
-    engine = SteerEngine(DEFAULT_EXPERT, config=config, pool=seeds, max_batch_size=args.n)
+    with quiet_loading():  # no GGUF conversion bars or FutureWarnings: one log line says what loads
+        engine = SteerEngine(DEFAULT_EXPERT, config=config, pool=seeds, max_batch_size=args.n)
     prompt = read_recipe_prompt(DEFAULT_EXPERT)
     log(f"loaded in {time.perf_counter() - t0:.0f} s; prompt: {prompt!r}")
     try:

@@ -34,27 +34,39 @@ def add_parser(subs: Any) -> argparse.ArgumentParser:
     """Register `steer finetune` on the subparsers `subs`."""
     f = add_subcommand(subs, "finetune", HELP, EPILOG)
     f.add_argument("data", help="real examples: JSONL (`text` field) or plain text, one per line")
-    f.add_argument("--out", required=True, help="adapter folder to write")
-    f.add_argument("--base", default=DEFAULT_MODEL, help="base model (default: the embedded SmolLM2)")
+    f.add_argument("--out", required=True, help="adapter folder to write (required)")
+    f.add_argument(
+        "--base", default=DEFAULT_MODEL, help=f"base model (default: {DEFAULT_MODEL}, the embedded SmolLM2)"
+    )
     f.add_argument(
         "--instruction", help="instruction the expert answers (chat-wrapped; recorded as its prompt)"
     )
     f.add_argument("--prompt", help="exact prompt prefix instead of --instruction")
-    f.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    f.add_argument("--lr", type=float, default=DEFAULT_LR)
+    f.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps (one batch each)")
+    f.add_argument(
+        "--lr",
+        type=float,
+        default=DEFAULT_LR,
+        help="peak AdamW learning rate (linear warm-up, then decay to a tenth)",
+    )
     f.add_argument("--r", type=int, default=DEFAULT_R, help="LoRA rank (the authors: 64 on Falcon-7B)")
     f.add_argument("--alpha", type=int, default=DEFAULT_ALPHA, help="LoRA alpha")
-    f.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    f.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH)
+    f.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="examples per optimizer step")
+    f.add_argument(
+        "--max-length",
+        type=int,
+        default=DEFAULT_MAX_LENGTH,
+        help="tokens per example at most (prompt included)",
+    )
     f.add_argument(
         "--holdout",
         type=float,
         default=DEFAULT_HOLDOUT,
         help="fraction held out for perplexity (0 = none)",
     )
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--threads", type=int, help="torch CPU threads")
-    f.add_argument("--quiet", action="store_true")
+    f.add_argument("--seed", type=int, default=0, help="seed of the held-out split, LoRA init and batches")
+    f.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=run)
     return f
 

@@ -1,13 +1,17 @@
-"""`steer generate`: synthetic examples with STEER into JSONL or Parquet, resumable."""
+"""`steer generate`: synthetic examples with STEER into JSONL or Parquet, resumable, with a dataset card."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from ...core.sources import DEFAULT_MODEL
-from ..pipeline import DEFAULT_CHUNK_SIZE
+from ..card import card_path, write_card
+from ..dedup import DEDUP_MODES, DEFAULT_THRESHOLD, Deduper
+from ..outputs import check_output, check_record, config_record, pool_summary, read_meta, rows_path
+from ..pipeline import DEFAULT_CHUNK_SIZE, MAX_DRAWS_PER_ROW
 from ._common import (
     CLIError,
     add_config_flags,
@@ -19,7 +23,7 @@ from ._common import (
     set_threads,
     split_settings,
 )
-from ._setup import build_engine, pool_for, resolve_prompt, wrap_instruction
+from ._setup import build_engine, pool_for, read_prompts, resolve_prompt, wrap_instruction
 
 __all__ = ["HELP", "EPILOG", "add_parser", "run"]
 
@@ -27,6 +31,8 @@ HELP = "Generate synthetic examples with STEER into JSONL or Parquet (resumable)
 EPILOG = f"""examples:
   steer generate --pool real.jsonl --n 500 --out synth.jsonl --stop '?' --close-with '?'
   steer generate --expert my-lora --gamma 0.4 --eta 0.8 --alpha 0.1 --n 100 --out synth.parquet
+  steer generate --prompts topics.txt --expert {DEFAULT_MODEL} --out q.jsonl   # one row per prompt
+  steer generate --pool real.jsonl --n 500 --out synth.jsonl --dedup minhash --dedup-threshold 0.8
   steer generate --config run.yaml          # run.yaml:  expert: my-lora
                                             #            pool: real.jsonl
                                             #            n: 500
@@ -35,9 +41,11 @@ EPILOG = f"""examples:
                                             #            eta: 0.6
                                             #            stop: ["?"]
   steer generate --prompted-expert real.jsonl --expert {DEFAULT_MODEL} --pool real.jsonl --n 50 --out p.jsonl
-Interrupted? Run the same command again: rows already in --out are kept and skipped.
-Keys allowed in a config file: the run flags above (underscored: prompted_expert, chunk_size, ...) and every
-decoding flag (SteerConfig field); anything else is an error.
+Interrupted? Run the same command again: rows already in --out are kept and skipped. The settings are
+recorded in <out>.meta.json; a rerun with other settings is refused (naming the fields) unless you
+pass --overwrite or another --out. A dataset card (README.md, Hugging Face format) is written next to
+the data. Keys allowed in a config file: the run flags above (underscored: prompted_expert, chunk_size,
+dedup_threshold, ...) and every decoding flag (SteerConfig field); anything else is an error.
 """
 
 
@@ -47,14 +55,46 @@ def add_parser(subs: Any) -> argparse.ArgumentParser:
     g.add_argument(
         "--config", help="YAML or JSON file of run keys and SteerConfig fields (flags override it)"
     )
-    g.add_argument("--n", type=int, help="rows wanted in --out (existing rows count)")
-    g.add_argument("--out", help="output file, .jsonl or .parquet")
+    g.add_argument(
+        "--n",
+        type=int,
+        help="rows wanted in --out, existing rows count (default with --prompts: one per prompt)",
+    )
+    g.add_argument("--out", help="output file, .jsonl or .parquet (required)")
+    g.add_argument("--overwrite", action="store_true", help="delete the rows already in --out and start over")
     g.add_argument(
         "--chunk-size",
         type=int,
         help=f"rows decoded together and appended at once (default {DEFAULT_CHUNK_SIZE})",
     )
-    g.add_argument("--close-with", help="re-append this stop string to texts that ended on it, e.g. '?'")
+    g.add_argument(
+        "--close-with", help="re-append this stop string to texts that ended on it, e.g. '?' (default: none)"
+    )
+    g.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="one prompt per row (JSONL `prompt` or `text` field, or plain text lines); row i uses prompt "
+        "i mod the count; each is chat-wrapped like --instruction unless --raw-prompts (default: one prompt)",
+    )
+    g.add_argument(
+        "--raw-prompts", action="store_true", help="use the --prompts rows as exact prompt strings"
+    )
+    g.add_argument(
+        "--dedup",
+        choices=DEDUP_MODES,
+        help="drop duplicate outputs and draw again: exact (after case/whitespace normalisation) or minhash "
+        f"(near-duplicates, needs datasketch); at most {MAX_DRAWS_PER_ROW} draws per row (default: off)",
+    )
+    g.add_argument(
+        "--dedup-threshold",
+        type=float,
+        help=f"minhash: Jaccard similarity of character 5-grams at which two outputs are duplicates "
+        f"(default {DEFAULT_THRESHOLD})",
+    )
+    g.add_argument(
+        "--license", default="other", help="license named in the dataset card (an SPDX-style Hub id)"
+    )
+    g.add_argument("--no-card", action="store_true", help="do not write the dataset card README.md")
     g.add_argument("--record-model", action="store_true", help="add a `model` field to each row")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_flags(g)
@@ -63,8 +103,8 @@ def add_parser(subs: Any) -> argparse.ArgumentParser:
     return g
 
 
-def _checked_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """(run settings, SteerConfig fields, n) from the config file and the flags."""
+def _checked_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(run settings, SteerConfig fields) from the config file and the flags, checked."""
     settings, fields = split_settings(args, load_config_file(args.config))
     if settings.get("prompted_expert"):
         # zero-training expert: the plain base model, its in-context examples double as the pool
@@ -72,52 +112,128 @@ def _checked_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[st
         settings.setdefault("pool", settings["prompted_expert"])
     if not settings.get("out"):
         raise CLIError("no output file: pass --out FILE.jsonl (or `out:` in the config file)")
-    n = int(settings.get("n") or 0)
-    if n < 1:
+    if settings.get("prompts"):
+        clash = [k for k in ("prompt", "instruction", "prompted_expert") if settings.get(k)]
+        if clash:
+            raise CLIError(
+                f"--prompts gives every prompt; drop {', '.join('--' + k.replace('_', '-') for k in clash)}"
+            )
+    elif not settings.get("n"):
         raise CLIError(f"`n` must be a positive integer, got {settings.get('n')!r}: pass --n 100")
-    return settings, fields, n
+    if settings.get("dedup_threshold") is not None and settings.get("dedup") != "minhash":
+        raise CLIError("--dedup-threshold applies to --dedup minhash only")
+    return settings, fields
+
+
+def _precheck(settings: dict[str, Any], config: Any, dedup: Deduper | None, pool: list[str] | None) -> None:
+    """Refuse, before loading any model, to add rows to a file made with other settings."""
+    out = Path(settings["out"])
+    from ..data_io import count_jsonl_rows
+
+    rows = count_jsonl_rows(rows_path(out))
+    known = {"config": config_record(config), "seed": config.seed, "close_with": settings.get("close_with")}
+    known["dedup"] = None if dedup is None else dedup.settings()
+    if pool is not None:
+        from ...core.negatives import NegativePool
+
+        known["pool"] = pool_summary(NegativePool(pool).texts)  # as the engine's pool keeps them
+    if settings.get("prompt"):
+        known["prompt"] = settings["prompt"]
+    check_record(out, rows, known)
+
+
+def _prompts(engine: Any, settings: dict[str, Any], prompt_rows: list[str] | None, raw: bool) -> list[str]:
+    """The prompt list: the --prompts rows (chat-wrapped unless `raw`), else the one resolved prompt."""
+    if prompt_rows is None:
+        return [resolve_prompt(engine, settings)]
+    return prompt_rows if raw else [wrap_instruction(engine, p) for p in prompt_rows]
+
+
+def _write_card(
+    args: argparse.Namespace, settings: dict[str, Any], engine: Any, config: Any, stats: Any
+) -> None:
+    out = Path(stats.path)
+    meta = read_meta(out) or {}
+    recorded = meta.get("settings", {})
+    counts = meta.get("counts", {})
+    run_keys = {
+        k: settings.get(k)
+        for k in ("prompt", "prompts", "instruction", "pool", "close_with")
+        if settings.get(k)
+    }
+    path = write_card(
+        card_path(out),
+        data_files=out,
+        num_rows=stats.total,
+        license=args.license,
+        settings={**run_keys, "prompt used": recorded.get("prompt"), **recorded.get("config", {})},
+        seed=config.seed,
+        models={"expert and base": {"name": engine.name, "fingerprint": recorded.get("fingerprint")}},
+        counts={
+            "rows": stats.total,
+            "generated by the last run": stats.generated,
+            "draws": counts.get("draws"),
+        },
+        dedup={**recorded["dedup"], "duplicates dropped": counts.get("duplicates")}
+        if recorded.get("dedup")
+        else None,
+        command="steer generate " + " ".join(args.argv),
+    )
+    log(f"dataset card: {path}")
 
 
 def run(args: argparse.Namespace) -> int:
     """Generate `--n` rows into `--out`; prints the run's stats as one JSON line."""
     from ..pipeline import HYPOTHESIS_INSTRUCTION, generate_to_file
 
-    settings, fields, n = _checked_settings(args)
+    settings, fields = _checked_settings(args)
     config = make_config(fields)
+    out = check_output(settings["out"], overwrite=args.overwrite)  # before any model loads
+    dedup = Deduper(settings["dedup"], settings.get("dedup_threshold")) if settings.get("dedup") else None
+    prompt_rows = read_prompts(settings["prompts"]) if settings.get("prompts") else None
+    n = settings.get("n") or len(prompt_rows or ())
     set_threads(settings.get("threads"))
     pool = pool_for(settings)
+    if not args.overwrite:
+        _precheck({**settings, "out": out}, config, dedup, pool)
     if config.eta > 0 and not pool:
         log("warning: eta > 0 but no --pool of real examples: negative prompting is off")
     engine = build_engine(settings, config, pool=pool)
     try:
-        prompt = resolve_prompt(engine, settings)
+        prompts = _prompts(engine, settings, prompt_rows, args.raw_prompts)
         # prompted expert: the expert branch sees the examples, the base branch the plain instruction
         base_prompt = (
             wrap_instruction(engine, settings.get("instruction") or HYPOTHESIS_INSTRUCTION)
             if settings.get("prompted_expert")
             else None
         )
-        log(f"prompt: {prompt!r}")
-        log(f"writing {n} rows to {settings['out']} (gamma={config.gamma}, eta={config.eta})")
-
-        def report(s: Any) -> None:
-            log(f"{s.total}/{n} rows, {s.completion_tokens} tokens, {s.tokens_per_s:.1f} tok/s")
-
+        log(f"prompt: {prompts[0]!r}" + (f" (and {len(prompts) - 1} more)" if len(prompts) > 1 else ""))
+        log(f"writing {n} rows to {out} (gamma={config.gamma}, eta={config.eta})")
         stats = generate_to_file(
             engine,
-            prompt,
+            prompts,
             n,
-            settings["out"],
-            chunk_size=int(settings.get("chunk_size") or DEFAULT_CHUNK_SIZE),
+            out,
+            chunk_size=settings.get("chunk_size") or DEFAULT_CHUNK_SIZE,
             close_with=settings.get("close_with"),
             progress=not args.quiet,
-            on_chunk=report,
             extra_fields={"model": engine.name} if args.record_model else None,
             base_prompt=base_prompt,
+            dedup=dedup,
+            overwrite=args.overwrite,
         )
+        if not args.no_card:
+            _write_card(args, settings, engine, config, stats)
     finally:
         engine.close()
     if stats.skipped:
-        log(f"resumed: {stats.skipped} rows were already in {settings['out']}")
+        log(f"resumed: {stats.skipped} rows were already in {out}")
+    if dedup is not None:
+        log(f"dedup ({dedup.mode}): {stats.duplicates} duplicates dropped of {stats.draws} drawn this run")
+    if not stats.complete:
+        log(
+            f"warning: only {stats.total} of {n} rows after {stats.draws} draws: the outputs keep repeating; "
+            "raise temperature, gamma or eta, lower --n, or rerun to try more draws"
+        )
     print(json.dumps(stats.to_dict()))
     return 0
