@@ -191,22 +191,46 @@ def _common_design(found: dict[str, dict[int, int]], n: int | None) -> tuple[int
 REAL = "real (reference)"
 
 
-def _score_seed(names: list[str], out: Path, seed: int, n: int, ref: list[str], resamples: int) -> dict:
-    """set -> (point row, replicates) for one seed, every set cut to its first `n` rows."""
+def _score_one(
+    out: Path, name: str, seed: int, n: int, ref: list[str], resamples: int, costly_b: int
+) -> tuple:
+    """(point row, replicates) of one set and seed, cached in `<out>/scores/` by its texts and design."""
+    import hashlib
+
+    import numpy as np
+
     from steer_plugins.apps.data_io import read_texts
     from steer_plugins.apps.eval import compute, prepare, read_finish_reasons, replicates
     from steer_plugins.apps.eval.bootstrap import costly
 
-    synth = {name: read_texts(sample_path(out, name, seed))[:n] for name in names}
-    reasons = {name: (read_finish_reasons(sample_path(out, name, seed)) or [None] * n)[:n] for name in names}
-    chosen, inputs = prepare(synth, ref, seed=0, sample_size=n, reference_name=REAL, finish_reasons=reasons)
-    scored = {}
-    for name, given in inputs.items():
-        # same bootstrap seed for every study seed: replicate b shares its reference half-sample
-        reps = replicates(chosen, given, resamples=resamples, seed=0, fewer=costly())
-        scored[name] = (compute(chosen, given), reps)
-        _log(f"scored {name} seed {seed}")
-    return scored
+    texts = list(ref) if name == REAL else read_texts(sample_path(out, name, seed))[:n]
+    reasons = None if name == REAL else (read_finish_reasons(sample_path(out, name, seed)) or [None] * n)[:n]
+    key = hashlib.sha256(json.dumps([texts, reasons, ref, n, resamples, costly_b]).encode()).hexdigest()[:16]
+    cache = out / "scores" / f"{slug(name)}_seed{seed}_n{n}.json"
+    if cache.exists() and (hit := json.loads(cache.read_text()))["key"] == key:
+        return hit["point"], {m: np.array(v, dtype=float) for m, v in hit["replicates"].items()}
+    if name == REAL:  # the reference on its own: its n-gram ratios, Vendi, leave-one-out invented words
+        chosen, inputs = prepare({"_": ref}, ref, seed=0, sample_size=n, reference_name=REAL)
+    else:
+        chosen, inputs = prepare({name: texts}, ref, seed=0, sample_size=n, finish_reasons={name: reasons})
+    given = inputs[name]
+    # the same bootstrap seed for every study seed: replicate b shares its reference half-sample
+    reps = replicates(chosen, given, resamples=resamples, seed=0, fewer=costly(costly_b))
+    point = compute(chosen, given)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(
+        json.dumps({"key": key, "point": point, "replicates": {m: v.tolist() for m, v in reps.items()}})
+    )
+    _log(f"scored {name} seed {seed}")
+    return point, reps
+
+
+def _score_seed(names: list[str], out: Path, seed: int, n: int, ref: list[str], args) -> dict:
+    """set -> (point row, replicates) for one seed, every set cut to its first `n` rows."""
+    return {
+        name: _score_one(out, name, seed, n, ref, args.resamples, args.costly_resamples)
+        for name in [*names, REAL]
+    }
 
 
 def _average(per_seed: list[dict]) -> dict:
@@ -267,11 +291,11 @@ def score(args) -> None:
     n, seeds, names = _common_design(found, args.n_score)
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
     _log(f"scoring {len(names)} sets, n={n}, seeds {seeds}")
-    per_seed = [_score_seed(names, out, seed, n, ref, args.resamples) for seed in seeds]
+    per_seed = [_score_seed(names, out, seed, n, ref, args) for seed in seeds]
     rows = _average(per_seed)
     missing = {name: rows_ for name, rows_ in found.items() if name not in names}
     meta["design"] = {"n": n, "seeds": seeds, "sets": names, "not_scored": missing, "resamples": args.resamples,
-                      "costly_resamples": 30}  # fmt: skip
+                      "costly_resamples": args.costly_resamples}  # fmt: skip
     meta["scores"] = rows
     meta["checks"] = _checks(rows)
     meta["scoring"] = {
@@ -349,6 +373,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-score", type=int, help="common sample size to score (default: plain's rows)")
     p.add_argument("--score-seeds", type=_ints, help="seeds to score (default: all with enough rows)")
     p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples")
+    p.add_argument("--costly-resamples", type=int, default=30, help="resamples for self-BLEU, MAUVE, AUROC")
     p.add_argument("--report-only", action="store_true", help="rebuild table and plots from results.json")
     return p.parse_args(argv)
 

@@ -27,8 +27,8 @@ EPILOG = f"""examples:
 Inputs: JSONL with a `text` field, or plain text with one example per line. Every set (and the reference)
 is subsampled (seeded) to the smallest size, printed as `sample size used`; every set and the reference need
 at least 2 examples. completion_rate reads each JSONL row's `finish_reason` ("stop" vs "length"). --ci adds a
-95% interval to every metric (half-sample bootstrap, --resamples B, seeded by --seed; MAUVE and AUROC take
-about a second per resample and get --resamples-costly).
+95% interval to every metric (half-sample bootstrap, --resamples B, seeded by --seed; self-BLEU, MAUVE and
+AUROC take about a second per resample and get --resamples-costly).
 {_METRIC_LINES}
 """
 
@@ -54,7 +54,7 @@ def add_parser(subs: Any) -> argparse.ArgumentParser:
         "--resamples-costly",
         type=int,
         default=DEFAULT_COSTLY_RESAMPLES,
-        help="resamples for MAUVE and AUROC (about 1 s each; normal interval) (default %(default)s)",
+        help="resamples for self-BLEU, MAUVE and AUROC (about 1 s each; normal interval) (default %(default)s)",
     )
     e.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report here")
     e.set_defaults(func=run)
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     n = next(iter(results.values()))["sample_size"]
     print(format_table(results))
     ci = (
-        f"; 95% intervals from {args.resamples} half-sample resamples ({args.resamples_costly} for MAUVE, AUROC)"
+        f"; 95% intervals from {args.resamples} half-sample resamples ({args.resamples_costly} for self-BLEU, MAUVE, AUROC)"
         if args.ci
         else ""
     )

@@ -50,8 +50,8 @@ __all__ = [
 DEFAULT_RESAMPLES = 200
 """Resamples B per interval (`steer evaluate --resamples`)."""
 DEFAULT_CONFIDENCE = 0.95
-COSTLY_METRICS = ("mauve", "adversarial_auroc")
-"""Metrics that take about a second per call: bootstrapped with fewer resamples by default."""
+COSTLY_METRICS = ("self_bleu", "mauve", "adversarial_auroc")
+"""Metrics that take about a second per call on 2 CPU cores: bootstrapped with fewer resamples."""
 DEFAULT_COSTLY_RESAMPLES = 30
 """Resamples for `COSTLY_METRICS` (`steer evaluate --resamples-costly`); their interval is the normal one."""
 MIN_PERCENTILE_RESAMPLES = 100

@@ -76,6 +76,12 @@ def vocabulary(texts: Iterable[str]) -> frozenset[str]:
     return frozenset(w for text in texts for w in words(text))
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_vocabulary(texts: tuple[str, ...]) -> frozenset[str]:
+    """`vocabulary` of the same reference, once (the bootstrap asks for it hundreds of times)."""
+    return vocabulary(texts)
+
+
 def invented_words(text: str, known: frozenset[str] | set[str]) -> list[str]:
     """The words of `text` that are neither English (`is_english`) nor in `known`, in order.
 
@@ -100,7 +106,7 @@ def invented_word_rate(texts: Sequence[str], reference: Sequence[str] | frozense
     Returns:
         invented words / scored words over all texts (word-weighted); NaN when there are no words.
     """
-    known = reference if isinstance(reference, frozenset) else vocabulary(reference)
+    known = reference if isinstance(reference, frozenset) else _cached_vocabulary(tuple(reference))
     total = invented = 0
     for text in texts:
         ws = words(text)
