@@ -4,6 +4,7 @@ from .core.combine import combine, guard_non_finite, head_mask
 from .core.config import PRESETS, BranchWeights, SteerConfig, register_preset
 from .core.decode import SteerResult, StreamEvent
 from .core.engine import SteerEngine
+from .core.grammar import Grammar, GrammarError, Regex, compile_grammar
 from .core.negatives import NegativePool
 from .core.options import CALL_KEYS, CallOptions, merge_stops, shared_negatives, usage
 from .core.sampling import make_sampler
@@ -17,12 +18,16 @@ __all__ = [
     "CALL_KEYS",
     "CallOptions",
     "EngineStats",
+    "Grammar",
+    "GrammarError",
     "NegativePool",
+    "Regex",
     "SteerConfig",
     "SteerEngine",
     "SteerResult",
     "StreamEvent",
     "combine",
+    "compile_grammar",
     "guard_non_finite",
     "head_mask",
     "load_model",

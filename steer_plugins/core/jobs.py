@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from .config import SteerConfig
 from .constraints import Constraint
+from .grammar import Grammar
 from .negatives import NegativeContext, NegativePool, fit_negatives
 
 __all__ = ["PromptJob", "TokenContext", "draw_negatives", "negative_contexts", "prepare_job"]
@@ -104,12 +105,15 @@ def prepare_job(
     base_prompt: str | None = None,
     return_scores: bool = False,
     index: int = 0,
+    constraint: Grammar | None = None,
 ) -> PromptJob:
     """Tokenise `prompt` (cut from the left to fit the context window), draw and fit its negatives
-    (seeded by `seed`), and resolve its stop ids.
+    (seeded by `seed`), resolve its stop ids, and start a fresh per-prompt state of `constraint`.
 
     Raises:
         ValueError: `max_new_tokens` leaves no room for a prompt, or the prompt tokenises to nothing.
+        GrammarError (a ValueError): `constraint`'s shortest output cannot finish within
+            `max_new_tokens`, or the tokenizer cannot drive it.
     """
     limit = tokens.context_window - config.max_new_tokens
     if limit < 1:
@@ -117,6 +121,9 @@ def prepare_job(
             f"`max_new_tokens` ({config.max_new_tokens}) leaves no room for the prompt in the model's "
             f"{tokens.context_window}-token context window: lower max_new_tokens"
         )
+    state = (
+        None if constraint is None else constraint.start(tokens.tokenizer, tokens.eos, config.max_new_tokens)
+    )
     ids = tokens.encode(prompt)
     truncated = max(0, len(ids) - limit)
     ids = ids[truncated:]
@@ -137,4 +144,5 @@ def prepare_job(
         base_prompt_ids=tokens.encode(base_prompt)[-limit:] if base_prompt is not None else None,
         return_scores=return_scores,
         index=index,
+        constraint=state,
     )

@@ -21,12 +21,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import MAX_SEED, SteerConfig
+from .grammar import Grammar, compile_grammar
 from .negatives import NegativePool
 
 __all__ = ["CALL_KEYS", "CallOptions", "merge_stops", "shared_negatives", "usage"]
 
 #: Per-call keywords that are not `SteerConfig` fields.
-CALL_KEYS: tuple[str, ...] = ("negatives", "add_to_pool", "seeds", "base_prompts", "pool", "return_scores")
+CALL_KEYS: tuple[str, ...] = (
+    "negatives",
+    "add_to_pool",
+    "seeds",
+    "base_prompts",
+    "pool",
+    "return_scores",
+    "constraint",
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,8 @@ class CallOptions:
         pool: the pool to draw from and grow (None: the engine's).
         add_to_pool: append outputs to the pool (None: when negatives come from a seeded pool).
         return_scores: keep the combined per-step scores in each result.
+        constraint: the compiled structured-output spec every prompt's output must follow (a JSON
+            schema, pydantic model, TypedDict, regex or list of choices; see `grammar.py`), or None.
     """
 
     config: SteerConfig
@@ -51,6 +62,7 @@ class CallOptions:
     pool: NegativePool | None = None
     add_to_pool: bool | None = None
     return_scores: bool = False
+    constraint: Grammar | None = None
 
     @property
     def num_prompts(self) -> int:
@@ -74,6 +86,7 @@ class CallOptions:
         Raises:
             ValueError / TypeError: an unknown keyword (the message lists the valid ones) or a value
                 of the wrong shape, naming the argument and the fix.
+            GrammarError (a ValueError): a `constraint` that cannot be enforced (compiled here, once).
         """
         kwargs = dict(kwargs or {})
         fields = type(config).model_fields
@@ -104,6 +117,7 @@ class CallOptions:
             pool=pool,
             add_to_pool=add_to_pool,
             return_scores=bool(kwargs.get("return_scores", False)),
+            constraint=None if kwargs.get("constraint") is None else compile_grammar(kwargs["constraint"]),
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -29,6 +30,11 @@ class SteerResult:
             log-softmax normalised, before temperature/top-k/top-p.
         seed: the seed this prompt sampled (and drew negatives) with; reuse it to reproduce.
         config: the resolved settings.
+        parsed: with a `constraint=` (structured output), the output parsed: a dict/list/... for a
+            JSON schema, a model instance for a pydantic model, the text for a regex or choices. Only
+            when the constrained output finished ("stop" with the grammar complete); None when the
+            row was cut by the length limit (finish_reason "length"), a stop string, or cancelled.
+            `text` always holds the raw output.
     """
 
     text: str
@@ -43,6 +49,7 @@ class SteerResult:
     seed: int
     config: SteerConfig
     scores: torch.Tensor | None = None
+    parsed: Any = None
 
     @property
     def warnings(self) -> list[str]:

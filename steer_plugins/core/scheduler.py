@@ -96,6 +96,7 @@ class Request:
             base_prompt=None if o.base_prompts is None else o.base_prompts[i],
             return_scores=o.return_scores,
             index=i,
+            constraint=o.constraint,
         )
 
     @property
