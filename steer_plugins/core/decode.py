@@ -18,7 +18,7 @@ import torch
 
 from .combine import combine, guard_non_finite
 from .config import BranchWeights
-from .constraints import Constraint, apply_constraints
+from .constraints import Constraint, apply_constraints, parsed_output
 from .jobs import PromptJob
 from .results import SteerResult, StreamEvent
 from .rows import RowBatch, UnmergeableCache
@@ -383,4 +383,5 @@ def _result(st: _JobState) -> SteerResult:
         seed=job.seed,
         config=job.config,
         scores=torch.stack(st.scores) if job.return_scores and st.scores else None,
+        parsed=parsed_output(job.constraint, st.tracker.text, st.finish),
     )
