@@ -140,7 +140,19 @@ def check_prompts(prompts: Any, name: str = "prompts", expected: int | None = No
                 f"{name.removesuffix('s')} #{i} is empty: STEER conditions expert and base on the prompt; "
                 "pass text"
             )
+        check_text(p, f"{name.removesuffix('s')} #{i}")
     return list(prompts)
+
+
+def check_text(text: str, what: str) -> None:
+    """Refuse text the tokenizer cannot encode (an unpaired surrogate, e.g. from JSON `"\\ud800"`)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{what} contains an unpaired surrogate ({text[err.start : err.end]!r} at {err.start}): not valid "
+            "text. Repair it first, e.g. text.encode('utf-16', 'surrogatepass').decode('utf-16', 'replace')"
+        ) from None
 
 
 def merge_stops(*stops: Sequence[str] | str | None) -> list[str]:
@@ -183,6 +195,9 @@ def _per_prompt_negatives(negatives: Any, n: int) -> tuple[tuple[str, ...], ...]
             f"`negatives` must be one list of strings per prompt ({n} lists); for shared negatives pass "
             "[negs] * len(prompts), or None to draw from engine.pool"
         )
+    for i, texts in enumerate(negatives):
+        for j, text in enumerate(texts):
+            check_text(text, f"negative #{j} of prompt #{i}")
     return tuple(tuple(x) for x in negatives)
 
 

@@ -173,3 +173,10 @@ def test_interrupt_on_the_loop_thread_requeues_the_others(tiny_engine, monkeypat
         t.join(60)
         assert not t.is_alive(), "a request that joined the interrupted batch was left waiting"
     assert [results[i].token_ids for i in range(3)] == [e.token_ids for e in expected]
+
+
+def test_lone_surrogate_in_a_call_is_refused_naming_it(tiny_engine):
+    with pytest.raises(ValueError, match="negative #0 of prompt #0 contains an unpaired surrogate"):
+        tiny_engine.generate([P], negatives=[["x \ud800 y"]])
+    with pytest.raises(ValueError, match="prompt #0 contains an unpaired surrogate"):
+        tiny_engine.generate(["x \ud800 y"])
