@@ -2,9 +2,11 @@
 
 `check_output` runs before any model is loaded: a wrong suffix or an unwritable folder is reported
 at once. `settings_record` lists what decides a run's rows (model name with its weight hash, the
-engine fingerprint, every `SteerConfig` field, seed, prompt, pool, dedup); it is kept in
+engine fingerprint, every `SteerConfig` field, seed, prompt, pool, dedup, the record schema); it is kept in
 `<out>.meta.json` with the running counts, and `check_record` refuses to add rows to a file whose
-rows were made with other settings, naming each differing field.
+rows were made with other settings, naming each differing field. With a record schema, a row is
+the record's fields plus `_`-prefixed metadata (`record_row`; `check_record_schema` says which
+schemas qualify).
 
 Example:
     >>> diff_settings({"seed": 0, "config": {"gamma": 0.2}}, {"seed": 0, "config": {"gamma": 0.5}})
@@ -26,15 +28,18 @@ from .data_io import DataFormatError, write_json_atomic
 __all__ = [
     "META_FORMAT",
     "OUTPUT_SUFFIXES",
+    "RECORD_META_KEYS",
     "SettingsMismatchError",
     "check_output",
     "check_record",
+    "check_record_schema",
     "config_record",
     "diff_settings",
     "meta_path",
     "pool_summary",
     "probe_writable",
     "read_meta",
+    "record_row",
     "rows_path",
     "settings_record",
     "write_meta",
@@ -44,6 +49,10 @@ OUTPUT_SUFFIXES: tuple[str, ...] = (".jsonl", ".parquet")
 """Output file types of `generate_to_file`."""
 META_FORMAT = "steer-generate/1"
 """Value of the `format` key of `<out>.meta.json`."""
+RECORD_META_KEYS = ("_text", "_finish_reason", "_tokens", "_seed", "_prompt")
+"""Row metadata keys of a record row (`schema=`); extra fields are written as `_<name>`."""
+NOT_COMPARED = frozenset({"fingerprint", "schema_file"})
+"""Settings recorded for provenance but not compared on a rerun (`fingerprint` is a last resort)."""
 FIX = "write to another file (--out elsewhere) or start this one over (--overwrite)"
 """How to get past a settings mismatch, as said in its message."""
 
@@ -164,10 +173,12 @@ def _short(value: Any) -> str:
 
 def diff_settings(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """`"gamma: 0.2 in the file, 0.5 now"` for every key of `current` whose value differs from
-    `recorded` (`config` compared field by field; `fingerprint` only when nothing else differs)."""
+    `recorded` (`config` compared field by field; `fingerprint` only when nothing else differs;
+    `schema_file` never: the schema's content is what counts). A key the file does not record
+    (a setting added later) matches when it is None now (off)."""
     diffs = []
     for key, now in current.items():
-        if key == "fingerprint":
+        if key in NOT_COMPARED or (now is None and key not in recorded):  # a later setting, left off
             continue
         if key == "config" and isinstance(recorded.get(key), Mapping) and isinstance(now, Mapping):
             old_cfg = recorded[key]
@@ -234,3 +245,53 @@ def write_meta(out: Path, record: Mapping[str, Any], counts: Mapping[str, Any]) 
         meta_path(out),
         {"format": META_FORMAT, "data": out.name, "settings": dict(record), "counts": dict(counts)},
     )
+
+
+def check_record_schema(schema: Any, close_with: str | None = None) -> dict[str, Any]:
+    """`schema` when it describes one JSON object whose fields can sit at the top level of a row
+    next to the `_`-prefixed metadata (and no `close_with` is asked); else a ValueError naming the
+    problem and the fix."""
+    if close_with:
+        raise ValueError("`close_with` does not apply to records (`schema`): the grammar closes them")
+    if not isinstance(schema, Mapping):
+        raise ValueError(f"a record schema is a JSON object (a mapping), got {type(schema).__name__}")
+    props = schema.get("properties")
+    if schema.get("type") != "object" or not isinstance(props, Mapping) or not props:
+        raise ValueError(
+            'the schema must describe one record: {"type": "object", "properties": {...}} at its top level '
+            "(its fields become the row's columns); wrap other values in a property"
+        )
+    clash = sorted(k for k in props if k in RECORD_META_KEYS or k.startswith("_"))
+    if clash:
+        raise ValueError(
+            f"the schema's field(s) {clash} start with `_`, which row metadata uses (`_text`, "
+            "`_finish_reason`, ...): rename them"
+        )
+    if schema.get("additionalProperties") not in (None, False) or schema.get("patternProperties"):
+        raise ValueError(
+            "the schema lets a record hold keys it does not list (additionalProperties/patternProperties "
+            "at its top level), which could clash with the row metadata: list the fields in `properties`, "
+            "or nest free-form data under one property"
+        )
+    return dict(schema)
+
+
+def record_row(
+    result: Any, extra_fields: Mapping[str, Any] | None, prompt: str | None
+) -> dict[str, Any] | None:
+    """One record row from a `SteerResult` decoded under a JSON schema: the parsed record's fields,
+    then `_text` (the JSON as generated), `_finish_reason`, `_tokens`, `_seed`, `_prompt` and extra
+    fields as `_<name>`; None when the result is not a complete record (`parsed` is None)."""
+    if not isinstance(result.parsed, dict):
+        return None
+    row = dict(result.parsed)
+    row.update(
+        _text=result.text,
+        _finish_reason=result.finish_reason,
+        _tokens=result.completion_tokens,
+        _seed=result.seed,
+    )
+    if prompt is not None:
+        row["_prompt"] = prompt
+    row.update({k if k.startswith("_") else f"_{k}": v for k, v in (extra_fields or {}).items()})
+    return row

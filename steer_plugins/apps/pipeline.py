@@ -16,6 +16,11 @@ never interleave.
 With a `Deduper` (`dedup=`), a row whose text duplicates an earlier row (of this run or of the file)
 is dropped and drawn again, and only kept rows join the negative pool.
 
+With a JSON schema (`schema=`), every draw is decoded under it and a row is the record: its fields
+at the top level, metadata under `_` keys (`record_row`). A draw that is not a complete record (cut
+by the length limit or a stop string) is counted (`cut`, `unparsed`) and drawn again, never written;
+the pool keeps the JSON text of kept records, so negatives are records in the same form.
+
 Example (tiny in-code model):
     >>> from steer_plugins import SteerEngine
     >>> from steer_plugins.testing import TINY_CORPUS, tiny_model, tiny_tokenizer
@@ -41,12 +46,15 @@ from .dedup import Deduper
 from .outputs import (
     META_FORMAT,
     OUTPUT_SUFFIXES,
+    RECORD_META_KEYS,
     SettingsMismatchError,
     check_output,
     check_record,
+    check_record_schema,
     diff_settings,
     meta_path,
     read_meta,
+    record_row,
     rows_path,
     settings_record,
     write_meta,
@@ -57,6 +65,7 @@ __all__ = [
     "HYPOTHESIS_INSTRUCTION",
     "MAX_DRAWS_PER_ROW",
     "META_FORMAT",
+    "RECORD_META_KEYS",
     "OUTPUT_SUFFIXES",
     "GenerationStats",
     "SettingsMismatchError",
@@ -66,7 +75,9 @@ __all__ = [
     "meta_path",
     "postprocess",
     "read_meta",
+    "record_row",
     "repair_jsonl_tail",
+    "check_record_schema",
     "settings_record",
 ]
 
@@ -75,7 +86,8 @@ DEFAULT_CHUNK_SIZE = 16
 HYPOTHESIS_INSTRUCTION = "Write a research hypothesis in astronomy, phrased as a question."
 """The instruction the shipped `hypotheses-lora` adapter was trained to answer."""
 MAX_DRAWS_PER_ROW = 4
-"""With dedup: draws allowed per wanted row before a run stops short (the model keeps repeating)."""
+"""With dedup or a schema: draws allowed per wanted row before a run stops short (the model keeps
+repeating, or keeps running out of tokens mid-record)."""
 
 
 @dataclass
@@ -83,7 +95,9 @@ class GenerationStats:
     """What one `generate_to_file` call did.
 
     `duplicates` and `draws` count this call's dropped duplicates and generated texts (kept or not);
-    `complete` is False when dedup stopped the run short of `n` rows (see `MAX_DRAWS_PER_ROW`).
+    with a schema, `cut` counts draws cut by the length limit and `unparsed` draws that stopped
+    without a complete record (a stop string), both dropped and drawn again; `complete` is False
+    when the draw budget ran out short of `n` rows (see `MAX_DRAWS_PER_ROW`).
     """
 
     path: str
@@ -95,6 +109,8 @@ class GenerationStats:
     duplicates: int = 0
     draws: int = 0
     complete: bool = True
+    cut: int = 0
+    unparsed: int = 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -136,16 +152,14 @@ def _start_over(out: Path, jsonl: Path) -> None:
             stale.unlink()
 
 
-def _existing_texts(jsonl: Path) -> list[str]:
-    """The texts of the rows already in `jsonl` (a partial last line is dropped first)."""
-    repair_jsonl_tail(jsonl)
-    existing = read_jsonl(jsonl) if jsonl.exists() else []
-    bad = [i + 1 for i, row in enumerate(existing) if not isinstance(row.get("text"), str)]
+def _texts_of(rows: list[dict[str, Any]], jsonl: Path, key: str) -> list[str]:
+    """The generated text of each existing row (`text`, or `_text` for record rows)."""
+    bad = [i + 1 for i, row in enumerate(rows) if not isinstance(row.get(key), str)]
     if bad:
         raise DataFormatError(
-            f"{jsonl}, line {bad[0]}: existing row has no string `text`; not a steer output"
+            f"{jsonl}, line {bad[0]}: existing row has no string `{key}`; not a steer output of this kind"
         )
-    return [row["text"] for row in existing]
+    return [row[key] for row in rows]
 
 
 def _row(
@@ -163,6 +177,21 @@ def _row(
 
 
 @dataclass
+class _Chunk:
+    """What one chunk of draws gave: rows kept, drafts dropped (by reason), completion tokens."""
+
+    kept: int = 0
+    duplicates: int = 0
+    cut: int = 0
+    unparsed: int = 0
+    tokens: int = 0
+
+    @property
+    def drawn(self) -> int:
+        return self.kept + self.duplicates + self.cut + self.unparsed
+
+
+@dataclass
 class _Run:
     """One `generate_to_file` call's decoding: chunks of draws become kept rows in the file."""
 
@@ -177,19 +206,44 @@ class _Run:
     base_prompt: str | None = None
     dedup: Deduper | None = None
     grow: bool | None = None
+    schema: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if self.dedup is not None:
-            self.call["add_to_pool"] = False  # kept rows join the pool in `chunk`, duplicates never
+        if self.schema is not None:
+            self.call["constraint"] = self.schema
+        if self.filters:
+            self.call["add_to_pool"] = False  # kept rows join the pool in `chunk`, dropped ones never
         elif self.grow is not None:
             self.call["add_to_pool"] = self.grow
 
-    def chunk(self, first_draw: int, size: int) -> tuple[int, int, int]:
-        """Draw `size` texts from draw index `first_draw` on and append the kept rows.
+    @property
+    def filters(self) -> bool:
+        """Some draws may be dropped (dedup, or a schema's incomplete records): they are redrawn."""
+        return self.dedup is not None or self.schema is not None
 
-        Returns:
-            (rows kept, duplicates dropped, completion tokens).
-        """
+    @property
+    def text_key(self) -> str:
+        return "_text" if self.schema is not None else "text"
+
+    def _make_row(self, result: Any, prompt: str, got: _Chunk) -> dict[str, Any] | None:
+        prompt_field = prompt if len(self.prompts) > 1 else None
+        if self.schema is None:
+            row = _row(result, self.close_with, self.extra, prompt_field)
+        else:
+            row = record_row(result, self.extra, prompt_field)
+            if row is None:
+                if result.finish_reason == "length":
+                    got.cut += 1
+                else:
+                    got.unparsed += 1
+                return None
+        if self.dedup is not None and self.dedup.seen(row[self.text_key]):
+            got.duplicates += 1
+            return None
+        return row
+
+    def chunk(self, first_draw: int, size: int) -> _Chunk:
+        """Draw `size` texts from draw index `first_draw` on and append the kept rows."""
         prompts = [self.prompts[d % len(self.prompts)] for d in range(first_draw, first_draw + size)]
         kw = dict(self.call)
         if self.seed is not None:
@@ -197,17 +251,18 @@ class _Run:
         if self.base_prompt is not None:
             kw["base_prompts"] = [self.base_prompt] * size
         results = self.engine.generate(prompts, progress=False, **kw)
+        got = _Chunk(tokens=sum(r.completion_tokens for r in results))
         rows, kept_texts = [], []
         for prompt, result in zip(prompts, results, strict=True):
-            row = _row(result, self.close_with, self.extra, prompt if len(self.prompts) > 1 else None)
-            if self.dedup is not None and self.dedup.seen(row["text"]):
-                continue
-            rows.append(row)
-            kept_texts.append(result.text)
-        if self.dedup is not None and (self.target.num_real > 0 if self.grow is None else self.grow):
+            row = self._make_row(result, prompt, got)
+            if row is not None:
+                rows.append(row)
+                kept_texts.append(result.text)
+        got.kept = len(rows)
+        if self.filters and (self.target.num_real > 0 if self.grow is None else self.grow):
             self.target.add(kept_texts)
         append_jsonl(self.jsonl, rows)
-        return len(rows), size - len(rows), sum(r.completion_tokens for r in results)
+        return got
 
 
 def _bar(progress: bool, n: int, done: int) -> Any:
@@ -246,6 +301,8 @@ def generate_to_file(
     base_prompt: str | None = None,
     dedup: Deduper | None = None,
     overwrite: bool = False,
+    schema: Mapping[str, Any] | None = None,
+    schema_file: str | None = None,
     **overrides: Any,
 ) -> GenerationStats:
     """Generate `n` rows from `prompt` into `out` (`.jsonl` or `.parquet`), resuming if rows exist.
@@ -266,6 +323,8 @@ def generate_to_file(
         dedup: drop rows whose text duplicates an earlier row (`Deduper`); they are drawn again (at
             most `MAX_DRAWS_PER_ROW` draws per wanted row) and never join the pool.
         overwrite: delete the rows already in `out` and start over.
+        schema: a JSON schema of one object (`check_record_schema`): rows are records (`record_row`);
+            incomplete draws are counted and drawn again. `schema_file`: its path, for the record.
         **overrides: `SteerConfig` fields for every call. With a seed (`seed=s` here or in the
             engine's config) draw i gets seed s + i, so a resumed run draws the seeds it would have.
 
@@ -273,12 +332,15 @@ def generate_to_file(
         `GenerationStats` (rows skipped because they existed, generated, duplicates, tokens, seconds).
 
     Raises:
-        ValueError: `n` < 1, `chunk_size` < 1 or an unsupported output suffix.
+        ValueError: `n` < 1, `chunk_size` < 1, an unsupported output suffix, a schema that is not
+            one object's (`check_record_schema`) or that cannot be enforced (`GrammarError`), or
+            `close_with` with a schema.
         SettingsMismatchError: `out` holds rows made with other settings (the fields are named).
         DataFormatError: the existing output has a malformed line (named by its number).
         FileInUseError: another process is writing `out`.
     """
     prompts = _check_args(n, chunk_size, prompt)
+    schema = None if schema is None else check_record_schema(schema, close_with)
     out = check_output(out, overwrite=overwrite)
     jsonl = rows_path(out)
     seed = overrides.pop("seed", None)
@@ -289,8 +351,11 @@ def generate_to_file(
     record.update(
         base_prompt=base_prompt, close_with=close_with, dedup=None if dedup is None else dedup.settings()
     )
+    record.update(schema=schema, **({} if schema_file is None else {"schema_file": str(schema_file)}))
     call = {**overrides, **({"pool": pool} if pool is not None else {})}
-    run = _Run(engine, prompts, jsonl, call, target, seed, close_with, extra_fields, base_prompt, dedup, grow)
+    run = _Run(
+        engine, prompts, jsonl, call, target, seed, close_with, extra_fields, base_prompt, dedup, grow, schema
+    )
     with locked(jsonl):
         existing, counts = _resume(run, out, record, overwrite)
         bar = _bar(progress, n, min(existing, n))
@@ -305,8 +370,10 @@ def _resume(run: _Run, out: Path, record: Mapping[str, Any], overwrite: bool) ->
     texts join the pool (the paper's loop: earlier outputs are negatives for later ones) and dedup."""
     if overwrite:
         _start_over(out, run.jsonl)
-    existing = _existing_texts(run.jsonl)
-    counts = check_record(out, len(existing), record)
+    repair_jsonl_tail(run.jsonl)  # a partial last line (a crash mid-write) is dropped first
+    rows = read_jsonl(run.jsonl) if run.jsonl.exists() else []
+    counts = check_record(out, len(rows), record)
+    existing = _texts_of(rows, run.jsonl, run.text_key)
     if existing:
         run.target.add(existing)
         if run.dedup is not None:
@@ -326,28 +393,33 @@ def _loop(
     bar: Any,
     on_chunk: Callable[[GenerationStats], None] | None,
 ) -> GenerationStats:
-    """Draw chunks until `n` rows are in the file (or dedup's draw budget is spent)."""
+    """Draw chunks until `n` rows are in the file (or the draw budget of dedup/a schema is spent)."""
     skipped = done = min(existing, n)
     first = draws = max(existing, int(counts.get("draws") or 0))
-    dups_before = int(counts.get("duplicates") or 0)
-    limit = draws + MAX_DRAWS_PER_ROW * (n - done) if run.dedup is not None else None
-    dups = tokens = 0
+    before = {k: int(counts.get(k) or 0) for k in ("duplicates", "cut", "unparsed")}
+    limit = draws + MAX_DRAWS_PER_ROW * (n - done) if run.filters else None
+    total = _Chunk()
     started = time.perf_counter()
     stats = GenerationStats(str(out), done, skipped, 0, 0, 0.0)
     try:
         while done < n and (limit is None or draws < limit):
             size = min(chunk_size, n - done, (limit - draws) if limit is not None else chunk_size)
-            kept, dropped, used = run.chunk(draws, size)
-            done, draws, dups, tokens = done + kept, draws + kept + dropped, dups + dropped, tokens + used
-            rows_now = max(existing, done)
-            write_meta(out, record, {"rows": rows_now, "draws": draws, "duplicates": dups_before + dups})
+            got = run.chunk(draws, size)
+            done, draws = done + got.kept, draws + got.drawn
+            for key in ("kept", "duplicates", "cut", "unparsed", "tokens"):
+                setattr(total, key, getattr(total, key) + getattr(got, key))
+            dropped = {k: before[k] + getattr(total, k) for k in before}
+            write_meta(out, record, {"rows": max(existing, done), "draws": draws, **dropped})
             seconds = time.perf_counter() - started
             stats = GenerationStats(
-                str(out), done, skipped, done - skipped, tokens, seconds, dups, draws - first, done >= n
-            )
+                str(out), done, skipped, done - skipped, total.tokens, seconds, total.duplicates,
+                draws - first, done >= n, total.cut, total.unparsed,
+            )  # fmt: skip
             if bar is not None:
-                bar.update(kept)
-                bar.set_postfix(tok_s=f"{stats.tokens_per_s:.1f}", **({"dups": dups} if run.dedup else {}))
+                bar.update(got.kept)
+                notes = {"dups": total.duplicates} if run.dedup else {}
+                notes.update({"cut": total.cut} if run.schema is not None else {})
+                bar.set_postfix(tok_s=f"{stats.tokens_per_s:.1f}", **notes)
             if on_chunk is not None:
                 on_chunk(stats)
     finally:

@@ -65,6 +65,7 @@ RUN_KEYS: dict[str, str] = {
     "prompts": "file of prompts, one per row (JSONL `prompt`/`text` field, or plain text lines)",
     "dedup": "drop duplicate outputs: exact or minhash",
     "dedup_threshold": "minhash: Jaccard similarity at which two outputs are duplicates",
+    "schema": "JSON schema of one record: a .json file, or the schema inline in a config file",
 }
 """Keys a `steer generate` config file may hold besides the `SteerConfig` fields."""
 _STR_KEYS = frozenset(
@@ -332,6 +333,10 @@ def check_run_settings(settings: dict[str, Any]) -> None:
             raise CLIError(f"`{key}` ({flag}) must be a string, got {value!r} ({type(value).__name__}){hint}")
         if key in _POSITIVE_INT_KEYS and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise CLIError(f"`{key}` ({flag}) must be a positive integer, got {value!r}")
+        if key == "schema" and not isinstance(value, (str, dict)):
+            raise CLIError(
+                f"`schema` ({flag}) must be a JSON schema file or an inline mapping, got {value!r}"
+            )
         if key == "dedup_threshold" and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise CLIError(f"`{key}` ({flag}) must be a number in (0, 1], got {value!r}")
 

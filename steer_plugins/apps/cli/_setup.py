@@ -1,5 +1,9 @@
 """From run settings to a loaded engine, its negative pool and its prompt (`generate`, `sweep`, `augment`).
 
+`load_schema` reads and compiles a record schema (`--schema`) before any model loads; with a schema,
+`pool_for` serialises the pool's records the way the grammar writes them (negatives score like
+against like).
+
 `build_engine` checks a model folder before loading it, so a broken one is a one-line error: a
 LoRA config without `base_model_name_or_path` or naming itself (or a loop of adapters) as its
 base, an unreadable `adapter_config.json`, or a corrupt `.safetensors` header. Loading runs with
@@ -25,6 +29,7 @@ from ._common import DEFAULT_EXPERT, DEFAULT_SEED_SET, MODEL_KINDS, CLIError, lo
 __all__ = [
     "build_engine",
     "check_model_files",
+    "load_schema",
     "pool_for",
     "quiet_loading",
     "read_prompts",
@@ -36,8 +41,20 @@ _MAX_HEADER = 100 << 20
 """A safetensors header larger than this is corrupt (real ones are kilobytes to a few MB)."""
 
 
-def pool_for(settings: dict[str, Any]) -> list[str] | None:
-    """The real examples seeding the negative pool: `pool`, else the seed set of the shipped expert."""
+def pool_for(settings: dict[str, Any], schema: dict[str, Any] | None = None) -> list[str] | None:
+    """The real examples seeding the negative pool: `pool`, else the seed set of the shipped expert.
+
+    With a record `schema`, the pool holds records serialised as the grammar writes them: a JSONL
+    `pool` file's rows are records (a steer output row gives its `_text`), a text file's lines are
+    taken as JSON already; without `pool`, the schema's top-level `examples` seed it (the shipped
+    plain-text seed set is not records, so it is not used).
+    """
+    if schema is not None:
+        if settings.get("pool"):
+            return _record_pool(settings["pool"], schema)
+        examples = schema.get("examples")
+        records = [serialise_record(r, schema) for r in examples if isinstance(r, dict)] if examples else []
+        return records or None
     if settings.get("pool"):
         return read_examples(settings["pool"], "pool")
     if (settings.get("expert") or DEFAULT_EXPERT) == DEFAULT_EXPERT:
@@ -45,6 +62,78 @@ def pool_for(settings: dict[str, Any]) -> list[str] | None:
 
         return read_texts(DEFAULT_SEED_SET)
     return None
+
+
+def serialise_record(record: dict[str, Any], schema: dict[str, Any]) -> str:
+    """`record` as the grammar writes it: `json.dumps`' default separators, non-ASCII kept, keys in
+    the schema's property order (others after), no `_`-prefixed row metadata."""
+    order = list(schema.get("properties") or {})
+    fields = {k: v for k, v in record.items() if not k.startswith("_")}
+    keys = [k for k in order if k in fields] + [k for k in fields if k not in order]
+    return json.dumps({k: fields[k] for k in keys}, ensure_ascii=False)
+
+
+def _record_pool(path: str, schema: dict[str, Any]) -> list[str]:
+    """The records in pool file `path`, serialised (see `pool_for`); warns about records missing a
+    required field (they still serve as negatives, but score less like the output)."""
+    from ..data_io import _looks_like_jsonl, read_jsonl
+
+    p = Path(path)
+    if not p.is_file() or not _looks_like_jsonl(p):
+        return read_examples(p, "pool")  # a missing file's message; a text file's lines, as JSON already
+    rows = read_jsonl(p)
+    if not rows:
+        raise CLIError(f"pool file `{p}` has no examples (it is empty or only blank lines)")
+    required = [k for k in schema.get("required") or [] if isinstance(k, str)]
+    missing = sum(1 for row in rows if any(k not in row for k in required))
+    if missing:
+        log(
+            f"warning: {missing} of {len(rows)} pool rows lack a required field of the schema {required}: "
+            "negatives should be records of the schema (docs/cli.md, Records)"
+        )
+    return [
+        row["_text"] if isinstance(row.get("_text"), str) else serialise_record(row, schema) for row in rows
+    ]
+
+
+def load_schema(
+    settings: dict[str, Any], max_new_tokens: int | None = None
+) -> tuple[dict | None, str | None]:
+    """(the record schema, where it came from) of `settings["schema"]` (a file path, or a mapping
+    inline in a config file), checked and compiled by the engine's grammar compiler, which needs no
+    model; (None, None) without a schema.
+
+    Raises:
+        CLIError: a missing or malformed file, a schema that is not one object's, or one the engine
+            cannot enforce; one line, naming the file and the fix.
+    """
+    from ...core.grammar import compile_grammar
+    from ..outputs import check_record_schema
+
+    spec = settings.get("schema")
+    if spec is None:
+        return None, None
+    where = "the inline `schema`" if isinstance(spec, dict) else f"schema file `{spec}`"
+    schema = spec if isinstance(spec, dict) else _read_schema_file(Path(spec))
+    try:
+        check_record_schema(schema)
+        compile_grammar(schema)
+    except ValueError as e:  # GrammarError is a ValueError
+        raise CLIError(f"{where}: {' '.join(str(e).split())}") from None
+    return schema, None if isinstance(spec, dict) else str(spec)
+
+
+def _read_schema_file(path: Path) -> Any:
+    if not path.is_file():
+        raise CLIError(
+            f"schema file not found: `{path}` (pass a JSON schema file, e.g. examples/schemas/hypothesis.json)"
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CLIError(f"schema file `{path}`, line {e.lineno}: not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError:
+        raise CLIError(f"schema file `{path}` is not UTF-8 text") from None
 
 
 @contextlib.contextmanager
