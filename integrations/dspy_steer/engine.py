@@ -17,13 +17,14 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import torch
 from dspy.lm15 import Request, Response, StreamStartEvent
 
 from steer_plugins import CallOptions, NegativePool, SteerConfig, SteerEngine
 
 from .translation import call_options, check_request, invalid_request, render_prompt, response, stream_events
 
-__all__ = ["SteerDSPyEngine", "AsyncSteerDSPyEngine", "register_engine"]
+__all__ = ["SOURCE_KEYS", "SteerDSPyEngine", "AsyncSteerDSPyEngine", "engine_from_source", "register_engine"]
 
 PROVIDER = "steer"
 
@@ -50,6 +51,72 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", tail).strip("-").lower()[:40] or "model"
 
 
+SOURCE_KEYS = (
+    "expert",
+    "base",
+    "device",
+    "dtype",
+    "peft_mode",
+    "max_batch_size",
+    "coalesce_ms",
+    "min_forward_rows",
+)
+"""What a saved `source` may hold: the model sources and plain `SteerEngine` settings (never code)."""
+_SOURCE_TYPES: dict[str, tuple[type, ...]] = {
+    "expert": (str,),
+    "base": (str, type(None)),
+    "device": (str,),
+    "dtype": (str,),
+    "peft_mode": (str,),
+    "max_batch_size": (int,),
+    "coalesce_ms": (int, float),
+    "min_forward_rows": (int, type(None)),
+}
+
+
+def engine_from_source(source: Any, pool: Any, name: str | None) -> SteerEngine:
+    """A `SteerEngine` loaded from a saved `source`, which is checked first: only `SOURCE_KEYS`, of
+    plain types, and no `trust_remote_code` (a saved file never decides to run a model's code)."""
+    if not isinstance(source, dict):
+        raise ValueError(f"saved STEER `source` must be a dict, got {type(source).__name__}")
+    if source.get("trust_remote_code", False) is not False:
+        raise ValueError(
+            f"the saved state of STEER engine {name!r} asks for trust_remote_code={source['trust_remote_code']!r}; "
+            "loading a saved program never runs a model's own code. Read the code, build the engine yourself "
+            f"(SteerEngine(..., trust_remote_code=True)) and call dspy_steer.register_engine(engine, {name!r}) "
+            "before loading"
+        )
+    unknown = sorted(set(source) - set(SOURCE_KEYS) - {"trust_remote_code"})
+    if unknown:
+        raise ValueError(f"saved STEER `source` has unknown key(s) {unknown}; allowed: {list(SOURCE_KEYS)}")
+    for key, value in source.items():
+        types = _SOURCE_TYPES.get(key)
+        if types is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            raise ValueError(
+                f"saved STEER `source[{key!r}]` must be {' or '.join(t.__name__ for t in types)}, got {value!r}"
+            )
+    kwargs = {k: v for k, v in source.items() if k not in ("expert", "base", "trust_remote_code")}
+    if "dtype" in kwargs:
+        kwargs["dtype"] = _dtype(kwargs["dtype"])
+    return SteerEngine(
+        source["expert"],
+        source.get("base"),
+        config=SteerConfig(),
+        pool=NegativePool(pool),
+        trust_remote_code=False,
+        **kwargs,
+    )
+
+
+def _dtype(name: str) -> torch.dtype:
+    found = getattr(torch, name.removeprefix("torch."), None)
+    if not isinstance(found, torch.dtype):
+        raise ValueError(
+            f"saved STEER `source['dtype']` must name a torch dtype (e.g. 'bfloat16'), got {name!r}"
+        )
+    return found
+
+
 class SteerDSPyEngine:
     """The synchronous DSPy engine: one `SteerEngine`, fixed STEER settings, per-call overrides.
 
@@ -68,6 +135,11 @@ class SteerDSPyEngine:
         >>> eng = SteerDSPyEngine(steer, config={"max_new_tokens": 32})
         >>> lm = dspy.LM(eng.model, engine=eng, async_engine=AsyncSteerDSPyEngine(eng))
     """
+
+    #: Capability hints DSPy reads from a custom engine: JSONAdapter then sends `response_format`,
+    #: which becomes the engine's `constraint=` (see `structured.py`).
+    supports_response_schema = True
+    supported_params = frozenset({"temperature", "max_tokens", "top_p", "stop", "seed", "response_format"})
 
     def __init__(
         self,
@@ -148,7 +220,20 @@ class SteerDSPyEngine:
 
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> SteerDSPyEngine:
-        """Rebuild from `dump_state`: reuse a registered engine of that name, else load `source`."""
+        """Rebuild from `dump_state`: reuse a registered engine of that name, else load `source`.
+
+        A saved file is data, not code: `source` may hold only `SOURCE_KEYS` (the model sources and
+        plain `SteerEngine` settings), and it can never turn on `trust_remote_code`: a program
+        saved with remote code must find its engine registered (`register_engine`), built by you.
+
+        Raises:
+            ValueError: unknown or ill-typed `source` keys, `trust_remote_code` asked for, no
+                engine to find, or a rebuilt engine that answers as another model string.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(
+                f"STEER engine state must be a dict (from dump_state), got {type(state).__name__}"
+            )
         engine = _REGISTRY.get(state.get("engine_name") or "")
         if engine is None:
             source = state.get("source")
@@ -158,13 +243,7 @@ class SteerDSPyEngine:
                     "Build the SteerEngine first and call dspy_steer.register_engine(engine, "
                     f"{state.get('engine_name')!r}) before loading the program"
                 )
-            engine = SteerEngine(
-                source["expert"],
-                source.get("base"),
-                config=SteerConfig(),
-                pool=NegativePool(state.get("pool") or ()),
-                **{k: v for k, v in source.items() if k not in ("expert", "base")},
-            )
+            engine = engine_from_source(source, state.get("pool") or (), state.get("engine_name"))
         elif state.get("pool"):
             known = set(engine.pool.texts)
             engine.pool.add([t for t in state["pool"] if t not in known], real=True)
@@ -184,6 +263,15 @@ class SteerDSPyEngine:
                 "pair, settings or seed examples differ from the saved program's"
             )
         return loaded
+
+    # ------------------------------------------------------------------ pickle (save_program=True)
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled as its `dump_state` (settings, real examples, where the models are): never the
+        weights, the worker thread or its locks."""
+        return self.dump_state()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(type(self).load_state(state).__dict__)
 
     # ------------------------------------------------------------------ Request -> engine call
     def translate(self, request: Request) -> tuple[str, CallOptions]:

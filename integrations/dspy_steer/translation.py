@@ -7,8 +7,11 @@ The one home of the translation (outlines' `ModelTypeAdapter`):
     max_tokens                      -> `max_new_tokens`
     stop                            -> added to the configured stop strings (`merge_stops`)
     metadata={"steer": {...}}       -> per-call overrides: any `SteerConfig` field, `negatives`
-                                      (a list of strings) and `add_to_pool` (bool)
-    tools, images, audio, logprobs, response_format, penalties -> `dspy.LMUnsupportedFeatureError`
+                                      (a list of strings) and `add_to_pool` (bool); `pool_state`
+                                      is only a cache key (`SteerLM` puts it there) and is dropped
+    `evaluation_mode()`             -> add_to_pool=False (and its eta), applied last
+    response_format, ChatAdapter layout -> `constraint=` (a well-formed, typed reply: `structured.py`)
+    tools, images, audio, logprobs, penalties -> `dspy.LMUnsupportedFeatureError`
 
 A request's settings become one `CallOptions`, validated once by `CallOptions.build`; an invalid
 setting is a `dspy.lm15.InvalidRequestError`, which DSPy raises as `LMInvalidRequestError`.
@@ -34,10 +37,14 @@ from dspy.lm15 import (
 
 from steer_plugins import CallOptions, SteerConfig, merge_stops, shared_negatives, usage
 
+from .modes import frozen_options
+from .structured import request_constraint
+
 if TYPE_CHECKING:
     from steer_plugins import SteerEngine, SteerResult, StreamEvent
 
 __all__ = [
+    "CACHE_ONLY_KEYS",
     "PER_CALL_KEYS",
     "STEER_METADATA_KEY",
     "call_options",
@@ -51,12 +58,13 @@ __all__ = [
 STEER_METADATA_KEY = "steer"
 """Key under the request's `metadata` that carries per-call STEER overrides."""
 PER_CALL_KEYS = ("negatives", "add_to_pool")
+CACHE_ONLY_KEYS = ("pool_state",)
+"""Keys of `metadata["steer"]` that only shape DSPy's cache key (see `SteerLM`)."""
 """Per-call keys besides the `SteerConfig` fields: the engine's `CALL_KEYS` that fit DSPy (metadata is
 part of DSPy's JSON cache key, so no `pool` object; DSPy has its own `seed`; a DSPy call is one prompt)."""
 
 # Request settings STEER cannot honour: refused by name rather than dropped silently.
 _UNSUPPORTED_CONFIG = {
-    "response_format": "structured output (response_format); use a DSPy adapter (FieldByFieldAdapter) instead",
     "tool_choice": "tool calling (tool_choice)",
     "logprobs": "per-token logprobs",
     "frequency_penalty": "frequency_penalty",
@@ -117,6 +125,11 @@ def call_options(
     if cfg.max_tokens is not None:
         call["max_new_tokens"] = cfg.max_tokens
     call.update(_per_call_options(cfg.extensions))
+    call.update(frozen_options())  # evaluation_mode(): the pool stays as it is
+    budget = call.get("max_new_tokens", engine.config.max_new_tokens)
+    constraint = request_constraint(request, budget, engine.count_tokens)
+    if constraint is not None:  # response_format or ChatAdapter's layout: a well-formed typed reply
+        call["constraint"] = constraint
     call["stop"] = merge_stops(call.get("stop", engine.config.stop), cfg.stop)
     with invalid_request("invalid STEER setting: "):
         negatives = shared_negatives(call.get("negatives"))
@@ -195,12 +208,12 @@ def _per_call_options(extensions: dict[str, Any] | None) -> dict[str, Any]:
         raise lm15.InvalidRequestError(
             f"metadata[{STEER_METADATA_KEY!r}] must be a dict of STEER settings, got {type(options).__name__}"
         )
-    unknown = sorted(set(options) - set(SteerConfig.model_fields) - set(PER_CALL_KEYS))
+    unknown = sorted(set(options) - set(SteerConfig.model_fields) - set(PER_CALL_KEYS) - set(CACHE_ONLY_KEYS))
     if unknown:
         raise lm15.InvalidRequestError(
             f"unknown per-call STEER option(s) {unknown}; valid: {sorted([*SteerConfig.model_fields, *PER_CALL_KEYS])}"
         )
-    return dict(options)
+    return {k: v for k, v in options.items() if k not in CACHE_ONLY_KEYS}
 
 
 def _text(parts: Sequence[Any], where: str) -> str:

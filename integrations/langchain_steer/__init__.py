@@ -2,5 +2,6 @@
 
 from .chat_models import ChatSteer
 from .llms import SteerLLM
+from .persist import register_engine
 
-__all__ = ["ChatSteer", "SteerLLM"]
+__all__ = ["ChatSteer", "SteerLLM", "register_engine"]

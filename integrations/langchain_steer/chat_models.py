@@ -26,6 +26,7 @@ from pydantic import ConfigDict
 from steer_plugins import SteerResult, StreamEvent, usage
 
 from .params import SteerParams, arelay, generation_info_of, relay
+from .structured import structured_output
 
 __all__ = ["ChatSteer", "to_chat_dicts"]
 
@@ -57,7 +58,9 @@ class ChatSteer(SteerParams, BaseChatModel):
     one batch; with a `seed`, input *i* gets `seed + i` (as in one `SteerLLM.batch` call). `abatch`
     needs nothing (its calls start together and the engine coalesces them).
 
-    Args: as `SteerLLM` (engine or expert/base, `negatives`, `add_to_pool`, any SteerConfig field).
+    Args: as `SteerLLM` (engine or expert/base or HuggingFacePipeline's arguments, `negatives`,
+    `add_to_pool`, any SteerConfig field, `max_tokens`, `timeout`, `max_retries`), plus `streaming`.
+    Caching, pickling and copies behave as for `SteerLLM`.
     Per call: `chat.invoke(messages, negatives=[...], gamma=0.5)` or `.bind(...)`.
 
     Example:
@@ -68,9 +71,54 @@ class ChatSteer(SteerParams, BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
+    streaming: bool = False
+    """`invoke` decodes through the streaming path (callbacks get every token), as LangChain's
+    `streaming=True` means; the result is the same message."""
+
     @property
     def _llm_type(self) -> str:
         return "steer-chat"
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Tokens the model is given for `messages`: the chat template's rendering (roles, special
+        tokens and the generation prompt included), counted as the engine counts prompt tokens."""
+        if tools:
+            raise ValueError("ChatSteer has no tool calling: count messages without `tools`")
+        return self.engine.count_tokens(self.render(messages))
+
+    def generate(
+        self,
+        messages: list[list[BaseMessage]],
+        stop: list[str] | None = None,
+        callbacks: Any = None,
+        **kwargs: Any,
+    ):
+        """`BaseChatModel.generate`; a call without a seed is a fresh sample and bypasses LangChain's
+        cache (see `params.py`)."""
+        if self._cache_in_use() and kwargs.get("seed", self.seed) is None:
+            return self._uncached().generate(messages, stop, callbacks, **kwargs)
+        return super().generate(messages, stop, callbacks, **kwargs)
+
+    async def agenerate(
+        self,
+        messages: list[list[BaseMessage]],
+        stop: list[str] | None = None,
+        callbacks: Any = None,
+        **kwargs: Any,
+    ):
+        if self._cache_in_use() and kwargs.get("seed", self.seed) is None:
+            return await self._uncached().agenerate(messages, stop, callbacks, **kwargs)
+        return await super().agenerate(messages, stop, callbacks, **kwargs)
+
+    def with_structured_output(
+        self, schema: Any = None, *, method: str = "json_schema", include_raw: bool = False, **kwargs: Any
+    ):
+        """Outputs decoded under `schema` (pydantic model, TypedDict or JSON-schema dict) and parsed
+        without retries; `method="json_mode"`: any JSON object. A reply cut by `max_new_tokens` is
+        never returned as parsed. See `structured.py` (`structured_output`) for the details."""
+        return structured_output(self, schema, method=method, include_raw=include_raw, **kwargs)
 
     def render(self, messages: Sequence[BaseMessage]) -> str:
         """The prompt string the model sees for `messages` (chat template, generation prompt added)."""
@@ -138,7 +186,7 @@ class ChatSteer(SteerParams, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         options = self._call_options(1, stop, kwargs)
-        return self._result(self.engine.generate([self.render(messages)], options=options)[0])
+        return self._result(self._run([self.render(messages)], options)[0])
 
     async def _agenerate(
         self,
@@ -148,7 +196,7 @@ class ChatSteer(SteerParams, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         options = self._call_options(1, stop, kwargs)
-        return self._result((await self.engine.agenerate([self.render(messages)], options=options))[0])
+        return self._result((await self._arun([self.render(messages)], options))[0])
 
     def _stream(
         self,
@@ -158,7 +206,7 @@ class ChatSteer(SteerParams, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         options = self._call_options(1, stop, kwargs)
-        events = self.engine.stream([self.render(messages)], options=options)
+        events = self._stream_events([self.render(messages)], options)
         yield from relay(events, self._chunk, run_manager)
 
     async def _astream(
@@ -169,7 +217,7 @@ class ChatSteer(SteerParams, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         options = self._call_options(1, stop, kwargs)
-        events = self.engine.astream([self.render(messages)], options=options)
+        events = self._astream_events([self.render(messages)], options)
         async for chunk in arelay(events, self._chunk, run_manager):
             yield chunk
 

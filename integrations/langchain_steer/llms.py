@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -12,11 +13,18 @@ from pydantic import ConfigDict
 
 from steer_plugins import SteerResult, StreamEvent, usage
 
-from .params import CALL_KWARGS, CONFIG_FIELDS, SteerParams, arelay, generation_info_of, relay
+from .params import (
+    CALL_KWARGS,
+    CONFIG_FIELDS,
+    SteerParams,
+    arelay,
+    generation_info_of,
+    relay,
+    resolve_aliases,
+)
+from .runs import merge_results, per_prompt_runs, run_each
 
 __all__ = ["SteerLLM"]
-
-_PIPELINE_KWARGS = {"max_new_tokens", "temperature", "top_k", "top_p", "do_sample", "return_full_text"}
 
 
 class SteerLLM(SteerParams, BaseLLM):
@@ -28,7 +36,9 @@ class SteerLLM(SteerParams, BaseLLM):
 
     Args:
         engine: a `steer_plugins.SteerEngine`, or
-        expert / base / pool / engine_kwargs: what to build one from.
+        expert / base / pool / engine_kwargs: what to build one from (or HuggingFacePipeline's
+            `model_id`, `pipeline`, `device`, `device_map`, `batch_size`, `model_kwargs`,
+            `pipeline_kwargs`, mapped onto the engine or refused by name before loading).
         negatives: negative examples for every prompt (None: draw `num_negatives` from engine.pool).
         add_to_pool: append outputs to engine.pool (default: as the paper does, when it was seeded).
         gamma, eta, ...: any `SteerConfig` field (default: `engine.config`'s value).
@@ -36,7 +46,9 @@ class SteerLLM(SteerParams, BaseLLM):
     Per call, `negatives`, `add_to_pool` and any config field can be overridden:
     `llm.bind(negatives=["..."], gamma=0.5)` or `llm.invoke(prompt, gamma=0.5)`. The per-call
     `stop` adds to the `stop` field. `configurable_steering()` makes gamma/eta sweepable with
-    `.with_config(configurable={"gamma": ...})`.
+    `.with_config(configurable={"gamma": ...})`. LangChain's `max_tokens`, `timeout` and
+    `max_retries` are accepted (see `SteerParams`). With LangChain's LLM cache, unseeded calls are
+    fresh samples (never cached) and seeded ones are cached with the pool's state in the key.
 
     Example:
         >>> from steer_plugins import SteerEngine
@@ -44,41 +56,6 @@ class SteerLLM(SteerParams, BaseLLM):
         >>> llm = SteerLLM(engine=engine, gamma=0.2, eta=0.6, num_negatives=1, max_new_tokens=30)
         >>> llm.invoke("Write one question about stars:", stop=["\\n"])
     """
-
-    @classmethod
-    def from_model_id(
-        cls,
-        model_id: str,
-        task: str = "text-generation",
-        pipeline_kwargs: dict[str, Any] | None = None,
-        *,
-        base_model_id: str | None = None,
-        device: str | None = None,
-        **kwargs: Any,
-    ) -> SteerLLM:
-        """`HuggingFacePipeline.from_model_id` with the same arguments, plus `base_model_id` and
-        STEER fields (`gamma=`, `eta=`, `pool=`, ...).
-
-        `pipeline_kwargs` may hold max_new_tokens, temperature, top_k, top_p, do_sample (False
-        means greedy) and return_full_text (only False: the prompt is never echoed).
-        """
-        if task != "text-generation":
-            raise ValueError(f"`task` must be 'text-generation' for STEER decoding, got {task!r}")
-        pk = dict(pipeline_kwargs or {})
-        unknown = sorted(set(pk) - _PIPELINE_KWARGS)
-        if unknown:
-            raise ValueError(
-                f"`pipeline_kwargs` {unknown} are not supported; use {sorted(_PIPELINE_KWARGS)} or SteerConfig "
-                "fields as keyword arguments"
-            )
-        if pk.pop("return_full_text", False):
-            raise ValueError("`return_full_text=True` is not supported: SteerLLM returns the completion only")
-        if pk.pop("do_sample", True) is False:
-            pk["temperature"] = 0.0
-        engine_kwargs = dict(kwargs.pop("engine_kwargs", None) or {})
-        if device is not None:
-            engine_kwargs["device"] = device
-        return cls(expert=model_id, base=base_model_id, engine_kwargs=engine_kwargs, **{**pk, **kwargs})
 
     # ------------------------------------------------------------------ LangChain plumbing
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
@@ -91,9 +68,20 @@ class SteerLLM(SteerParams, BaseLLM):
         """Fold per-call STEER settings into a copy of this model, so that LangChain's LLM cache key
         (built from `_identifying_params`, not from call kwargs) sees them; the rest are LangChain's
         (or unknown: `_generate` refuses those, naming them)."""
+        kwargs = resolve_aliases(kwargs)
         steer = {k: v for k, v in kwargs.items() if k in CONFIG_FIELDS or k in CALL_KWARGS}
         rest = {k: v for k, v in kwargs.items() if k not in steer}
         return (self.model_copy(update=steer) if steer else self), rest
+
+    def _route(self, n: int) -> str:
+        """How a call over `n` prompts meets LangChain's cache: "plain" (no cache in use, or one
+        seeded prompt), "fresh" (no seed: a new sample, the cache is bypassed) or "each" (seeded
+        prompts: prompt *i* runs as its own cached call with seed + i, as in the batch)."""
+        if not self._cache_in_use():
+            return "plain"
+        if self.seed is None:
+            return "fresh"
+        return "each" if n > 1 else "plain"
 
     def generate(
         self, prompts: list[str], stop: list[str] | None = None, callbacks: Any = None, **kwargs: Any
@@ -101,6 +89,19 @@ class SteerLLM(SteerParams, BaseLLM):
         llm, rest = self._with_overrides(kwargs)
         if llm is not self:
             return llm.generate(prompts, stop, callbacks, **rest)
+        route = self._route(len(prompts))
+        if route == "fresh":
+            return self._uncached().generate(prompts, stop, callbacks, **rest)
+        if route == "each":
+            runs = per_prompt_runs(len(prompts), callbacks, rest)
+            return merge_results(
+                run_each(
+                    len(prompts),
+                    lambda i: self.model_copy(update={"seed": self.seed + i}).generate(
+                        [prompts[i]], stop, runs[i][0], **runs[i][1]
+                    ),
+                )
+            )
         return super().generate(prompts, stop, callbacks, **rest)
 
     async def agenerate(
@@ -109,6 +110,18 @@ class SteerLLM(SteerParams, BaseLLM):
         llm, rest = self._with_overrides(kwargs)
         if llm is not self:
             return await llm.agenerate(prompts, stop, callbacks, **rest)
+        route = self._route(len(prompts))
+        if route == "fresh":
+            return await self._uncached().agenerate(prompts, stop, callbacks, **rest)
+        if route == "each":
+            runs = per_prompt_runs(len(prompts), callbacks, rest)
+            calls = [
+                self.model_copy(update={"seed": self.seed + i}).agenerate(
+                    [prompts[i]], stop, runs[i][0], **runs[i][1]
+                )
+                for i in range(len(prompts))
+            ]
+            return merge_results(await asyncio.gather(*calls))
         return await super().agenerate(prompts, stop, callbacks, **rest)
 
     def _convert_input(self, model_input: Any):
@@ -140,7 +153,7 @@ class SteerLLM(SteerParams, BaseLLM):
         **kwargs: Any,
     ) -> LLMResult:
         options = self._call_options(len(prompts), stop, kwargs)
-        return self._result(self.engine.generate(prompts, options=options))
+        return self._result(self._run(prompts, options))
 
     async def _agenerate(
         self,
@@ -150,7 +163,7 @@ class SteerLLM(SteerParams, BaseLLM):
         **kwargs: Any,
     ) -> LLMResult:
         options = self._call_options(len(prompts), stop, kwargs)
-        return self._result(await self.engine.agenerate(prompts, options=options))
+        return self._result(await self._arun(prompts, options))
 
     def _stream(
         self,
@@ -160,7 +173,7 @@ class SteerLLM(SteerParams, BaseLLM):
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         options = self._call_options(1, stop, kwargs)
-        yield from relay(self.engine.stream([prompt], options=options), _chunk, run_manager)
+        yield from relay(self._stream_events([prompt], options), _chunk, run_manager)
 
     async def _astream(
         self,
@@ -170,7 +183,7 @@ class SteerLLM(SteerParams, BaseLLM):
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
         options = self._call_options(1, stop, kwargs)
-        async for chunk in arelay(self.engine.astream([prompt], options=options), _chunk, run_manager):
+        async for chunk in arelay(self._astream_events([prompt], options), _chunk, run_manager):
             yield chunk
 
 
