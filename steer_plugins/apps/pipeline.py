@@ -396,7 +396,8 @@ def _loop(
     """Draw chunks until `n` rows are in the file (or the draw budget of dedup/a schema is spent)."""
     skipped = done = min(existing, n)
     first = draws = max(existing, int(counts.get("draws") or 0))
-    before = {k: int(counts.get(k) or 0) for k in ("duplicates", "cut", "unparsed")}
+    kinds = ("duplicates", "cut", "unparsed") if run.schema is not None else ("duplicates",)
+    before = {k: int(counts.get(k) or 0) for k in kinds}  # dropped draws, by reason, in the meta
     limit = draws + MAX_DRAWS_PER_ROW * (n - done) if run.filters else None
     total = _Chunk()
     started = time.perf_counter()
