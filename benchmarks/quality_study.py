@@ -277,7 +277,13 @@ def _checks(rows: dict) -> dict:
                 "ratio_to_plain": row["normalised_3grams"] / plain["normalised_3grams"],
                 "passes": bool(inv_ok and div_ok),
             }
-    return {"rule": rule, "winner": best_setting(rule, budget), "done_when": done_when}
+    steer = {k: v for k, v in rule.items() if k.startswith(("STEER", "γ"))}
+    return {
+        "rule": rule,
+        "winner": best_setting(rule, budget),
+        "winner_steer": best_setting(steer, budget),
+        "done_when": done_when,
+    }
 
 
 def score(args) -> None:
