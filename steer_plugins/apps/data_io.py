@@ -29,6 +29,7 @@ __all__ = [
     "DataFormatError",
     "FileInUseError",
     "TABLE_SUFFIXES",
+    "looks_like_jsonl",
     "append_jsonl",
     "count_jsonl_rows",
     "locked",
@@ -73,7 +74,8 @@ def read_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
             yield lineno, line.rstrip("\r\n")
 
 
-def _looks_like_jsonl(path: Path) -> bool:
+def looks_like_jsonl(path: Path) -> bool:
+    """True for a `.jsonl` file, or a file whose first non-empty line is a JSON object."""
     if path.suffix.lower() in JSONL_SUFFIXES:
         return True
     for _, line in read_lines(path):
@@ -128,7 +130,7 @@ def read_texts(path: str | os.PathLike[str], *, field: str = DEFAULT_TEXT_FIELD)
     """
     path = Path(path)
     _check_exists(path)
-    if not _looks_like_jsonl(path):
+    if not looks_like_jsonl(path):
         return [line for _, line in read_lines(path) if line.strip()]
     texts: list[str] = []
     for lineno, row in _json_lines(path, f"each line must be one JSON object with a string `{field}` field"):

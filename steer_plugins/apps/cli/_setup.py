@@ -76,10 +76,10 @@ def serialise_record(record: dict[str, Any], schema: dict[str, Any]) -> str:
 def _record_pool(path: str, schema: dict[str, Any]) -> list[str]:
     """The records in pool file `path`, serialised (see `pool_for`); warns about records missing a
     required field (they still serve as negatives, but score less like the output)."""
-    from ..data_io import _looks_like_jsonl, read_jsonl
+    from ..data_io import looks_like_jsonl, read_jsonl
 
     p = Path(path)
-    if not p.is_file() or not _looks_like_jsonl(p):
+    if not p.is_file() or not looks_like_jsonl(p):
         return read_examples(p, "pool")  # a missing file's message; a text file's lines, as JSON already
     rows = read_jsonl(p)
     if not rows:
