@@ -236,6 +236,20 @@ def register_preset(name: str, **fields: Any) -> None:
 
 # Built-in presets are registered exactly as a user's would be.
 register_preset("steer", gamma=DEFAULT_GAMMA, eta=DEFAULT_ETA, form="paper")
+# The paper's exact rule for reproductions (STEER §1): γ 0.2, η 0.6, K 10, top-k 10, T 1, no head mask.
+register_preset(
+    "paper",
+    gamma=0.2,
+    eta=0.6,
+    num_negatives=10,
+    form="paper",
+    alpha=None,
+    top_k=10,
+    top_p=None,
+    min_p=None,
+    temperature=1.0,
+    negative_form="concat",
+)
 register_preset("expert", gamma=0.0, eta=0.0)
 # Classifier-free guidance with the negative context as the unconditional prompt (guidance_scale = 1+eta).
 register_preset("cfg", gamma=0.0, eta=0.5, form="cfg")
