@@ -1,8 +1,9 @@
 """Grow a small astronomy dataset with STEER-generated rows in one `datasets.map` call.
 
 Shows: `SteerAugmenter.from_dataset` (the negative pool is the whole dataset's `text` column),
-`ds.map(aug, batched=True)` turning each row into itself + N synthetic rows, and resuming: run it
-twice and the second run takes every row from the checkpoint instead of generating it again.
+`ds.map(aug, batched=True)` turning each row into itself + N synthetic rows, exact dedup of the
+outputs, a dataset card next to the saved data, and resuming: run it twice and the second run takes
+every row from the checkpoint instead of generating it again.
 
 Run (offline, on the embedded SmolLM2-135M-Instruct; about a minute on a laptop CPU):
 
@@ -40,6 +41,7 @@ def main() -> None:
         output_column="text",
         n=N,
         checkpoint_dir=CHECKPOINT,
+        dedup="exact",  # duplicate outputs are neither returned nor added to the negative pool
         **SETTINGS,
     )
     bigger = ds.select(range(ROWS)).map(aug, batched=True, batch_size=4)
@@ -47,7 +49,11 @@ def main() -> None:
     for row in bigger.select(range(2 * (N + 1))):
         tag = "synthetic" if row["synthetic"] else "real     "
         print(f"[{tag}] {row['topic']}: {row['text'][:100]!r}")
-    print(f"\nstats: {aug.stats}; checkpoint: {aug.checkpoint_path} (run again: nothing is regenerated)")
+    out = CHECKPOINT.parent / "steer-example-output"
+    bigger.to_parquet(out / "train.parquet")
+    card = aug.write_card(out / "README.md", data_files=["train.parquet"], num_rows=len(bigger))
+    print(f"\nstats: {aug.stats}\ncheckpoint: {aug.checkpoint_path} (run again: nothing is regenerated)")
+    print(f"data and dataset card: {card.parent}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,13 @@ FRAMEWORKS = {
     "datasets_steer",
     "ray_steer",
 }
-PUBLIC_SUBMODULES = {"steer_plugins.apps.data_io", "steer_plugins.apps.eval", "steer_plugins.testing"}
+PUBLIC_SUBMODULES = {
+    "steer_plugins.apps.card",
+    "steer_plugins.apps.data_io",
+    "steer_plugins.apps.dedup",
+    "steer_plugins.apps.eval",
+    "steer_plugins.testing",
+}
 
 
 def imports(path: Path):

@@ -13,7 +13,7 @@ from typing import Any
 
 from steer_plugins import NegativePool, SteerConfig, SteerEngine
 
-__all__ = ["ENGINES", "EngineRegistry", "describe_model", "load_engine"]
+__all__ = ["ENGINES", "EngineRegistry", "describe_model", "load_engine", "source_stamp"]
 
 
 class EngineRegistry:
@@ -73,6 +73,30 @@ def describe_model(spec: Any) -> str | None:
         f"(expert, base, tokenizer) or a SteerEngine, got {type(spec).__name__}: for a model already in "
         "memory pass engine=SteerEngine(model, ...) (in-process and forked workers only)"
     )
+
+
+def source_stamp(spec: Any) -> list[tuple[str, int, int]] | None:
+    """Size and modification time of a model source's files (a folder's top level, or one file), or
+    None for anything that is not a local path (a model id, a factory).
+
+    Cheap (no file is read): it goes into the augmenter's pickled state, so datasets' cache
+    fingerprint of a `map` changes when the weights are rewritten in place. The checkpoint is checked
+    against the loaded weights' own fingerprint (`SteerEngine.fingerprint`), which reads them.
+    """
+    if not isinstance(spec, (str, os.PathLike)):
+        return None
+    path = os.path.expanduser(os.fspath(spec))
+    try:
+        if os.path.isfile(path):
+            st = os.stat(path)
+            return [(os.path.basename(path), st.st_size, st.st_mtime_ns)]
+        if os.path.isdir(path):
+            with os.scandir(path) as entries:
+                files = [(e.name, e.stat()) for e in entries if e.is_file()]
+            return sorted((name, st.st_size, st.st_mtime_ns) for name, st in files)
+    except OSError:
+        return None
+    return None
 
 
 def load_engine(

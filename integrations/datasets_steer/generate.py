@@ -3,7 +3,8 @@ as soon as its last output arrives (so long jobs checkpoint as they go).
 
 The call carries one `CallOptions` for all prompts: the augmenter's `SteerConfig` fields and one
 seed per prompt. Negatives are left to the engine, which draws each prompt's K from the pool as it
-stands when the prompt starts (seeded by that prompt's seed) and adds every output to the pool.
+stands when the prompt starts (seeded by that prompt's seed). Outputs join the pool through
+`on_output` as they arrive (the augmenter keeps duplicates out when dedup is on).
 The engine's scheduler decides how the prompts are batched; each prompt's own seed keeps its output
 independent of that grouping.
 """
@@ -21,6 +22,7 @@ from .plan import RowPlan
 __all__ = ["generate_rows", "output_record"]
 
 RowDone = Callable[[str, list[dict[str, Any]]], None]
+OutputDone = Callable[[list[str]], None]
 
 
 def output_record(result: SteerResult) -> dict[str, Any]:
@@ -36,9 +38,16 @@ def output_record(result: SteerResult) -> dict[str, Any]:
     }
 
 
-def generate_rows(engine: SteerEngine, plan: RowPlan, options: CallOptions, on_row: RowDone) -> None:
-    """Decode every prompt of `plan` in one `engine.stream` call; call `on_row(key, records)` once
-    per row, on this thread, when all of its outputs are done.
+def generate_rows(
+    engine: SteerEngine,
+    plan: RowPlan,
+    options: CallOptions,
+    on_row: RowDone,
+    on_output: OutputDone | None = None,
+) -> None:
+    """Decode every prompt of `plan` in one `engine.stream` call; call `on_output([text])` as each
+    output arrives and `on_row(key, records)` once per row, on this thread, when all of its outputs
+    are done.
 
     An exception from `on_row` (or an interrupt) closes the stream, which cancels the prompts still
     running; rows already handed on stay handed on.
@@ -48,6 +57,8 @@ def generate_rows(engine: SteerEngine, plan: RowPlan, options: CallOptions, on_r
         for ev in events:
             if ev.result is None:
                 continue
+            if on_output is not None and ev.result.finish_reason != "cancelled":
+                on_output([ev.result.text])
             key, j = plan.owners[ev.index]
             outputs = slots[key]
             outputs[j] = output_record(ev.result)

@@ -3,7 +3,10 @@
 Every actor gets the augmenter's settings and its real texts (pickled with it, so real examples
 reach every actor); the model loads once in each actor. Each `map_batches` batch is one augmenter
 call in one actor, so one engine call (see `datasets_steer`); synthetic outputs are shared through
-one small `SharedPool` actor (see `actors.py`).
+one small `SharedPool` actor (see `actors.py`), which also gathers each actor's counts for the
+dataset card. Everything that can be checked is checked on the driver before any actor starts
+(columns, texts, K against the real pool, the output folder). Parquet output replaces what an
+earlier run wrote (`output.py`).
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import uuid
 from typing import Any, Literal
 
 from datasets_steer import SteerAugmenter
+from datasets_steer.card import card_text
 
 from .actors import AugmentActor, SharedPool
+from .output import check_output_path, write_parquet
 
 __all__ = ["augment", "SharedPool", "AugmentActor"]
 
@@ -48,8 +53,10 @@ def augment(
         batch_size: rows per `map_batches` batch: one engine call per batch, and an actor syncs the
             shared pool once per batch.
         output: `"ray"` (a lazy `ray.data.Dataset`), `"hf"` (a `datasets.Dataset`) or `"parquet"`
-            (files written to `path`; returns the path).
-        path: the Parquet output folder (required for `output="parquet"`).
+            (files written to `path`, with a dataset card `README.md` unless `aug.card` is False;
+            returns the path). A rerun replaces the folder's files: it never appends duplicates.
+        path: the Parquet output folder (required for `output="parquet"`). A local folder must be
+            new, empty, or an earlier output (Parquet files and a card only).
         share_outputs: share synthetic outputs between actors through a `SharedPool` actor.
         wait_for_actors_s: wait this long for all `num_actors` actors to load their model before the
             first batch is dispatched (so work spreads over the whole pool); sets
@@ -57,6 +64,10 @@ def augment(
 
     Returns:
         A `ray.data.Dataset`, a `datasets.Dataset` or the Parquet folder path, per `output`.
+
+    Raises:
+        ValueError / TypeError: bad arguments, a bad dataset, K (`num_negatives`) larger than the
+            real pool, or an output folder holding other files; all before any actor starts.
 
     Example:
         >>> out = augment(hf_ds, SteerAugmenter(expert="smollm2-135m-instruct", n=2), num_actors=2, output="hf")
@@ -72,22 +83,23 @@ def augment(
     if num_gpus and "device" not in aug.engine_kwargs:
         aug.engine_kwargs["device"] = "cuda"
     ds = _to_ray(data, aug, num_actors)
+    aug.check_pool_size()  # K > pool would fail inside every actor, after the models loaded
 
-    pool = None
-    if share_outputs and num_actors > 1:
-        pool = ray.remote(num_cpus=0)(SharedPool).options(name=f"steer-pool-{uuid.uuid4().hex[:8]}").remote()
+    pool = ray.remote(num_cpus=0)(SharedPool).options(name=f"steer-pool-{uuid.uuid4().hex[:8]}").remote()
+    share = share_outputs and num_actors > 1
     cpus = _free_cpu_share(num_actors, num_cpus)
     ds.context.wait_for_min_actors_s = wait_for_actors_s  # all actors load their model before batch 1
     out = ds.map_batches(
         AugmentActor,
-        fn_constructor_args=(aug, pool, max(1, int(cpus))),
+        fn_constructor_args=(aug, pool, max(1, int(cpus)), share),
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_cpus=cpus,
         num_gpus=num_gpus or None,
     )
-    return _deliver(out, output, path)
+    card = (lambda rows: _card_text(aug, pool, rows)) if aug.card else None
+    return _deliver(out, output, path, card)
 
 
 def _check_args(aug: Any, num_actors: Any, output: Any, path: Any) -> None:
@@ -99,6 +111,8 @@ def _check_args(aug: Any, num_actors: Any, output: Any, path: Any) -> None:
         raise ValueError(
             "`output='parquet'` needs `path=` (a folder every node can write, e.g. s3:// or NFS)"
         )
+    if output == "parquet":
+        check_output_path(path)
     if not isinstance(aug, SteerAugmenter):
         raise TypeError(f"`aug` must be a datasets_steer.SteerAugmenter, got {type(aug).__name__}")
     if aug.expert is None:
@@ -108,19 +122,40 @@ def _check_args(aug: Any, num_actors: Any, output: Any, path: Any) -> None:
         )
 
 
-def _deliver(out: Any, output: Output, path: str | os.PathLike | None) -> Any:
+def _deliver(out: Any, output: Output, path: str | os.PathLike | None, card: Any) -> Any:
     """The mapped dataset as `output` asks: lazy Ray dataset, Parquet folder, or `datasets.Dataset`."""
     if output == "ray":
         return out
     if output == "parquet":
-        out.write_parquet(str(path))
-        return str(path)
+        assert path is not None
+        return write_parquet(out, path, card)
     import datasets
     import pyarrow as pa
     import ray
 
     tables = [t for t in ray.get(out.to_arrow_refs()) if t.num_rows]
     return datasets.Dataset(pa.concat_tables(tables, promote_options="default"))
+
+
+def _card_text(aug: SteerAugmenter, pool: Any, num_rows: int) -> str:
+    """The dataset card of a finished run: the augmenter's settings, the actors' model fingerprints,
+    and their counts summed."""
+    import ray
+
+    reports = list(ray.get(pool.reports.remote()).values())
+    info = aug.card_info()
+    counts: dict[str, int] = {}
+    dedup: dict[str, Any] | None = None
+    for report in reports:
+        info["models"].update(report["models"] or {})
+        for name, value in report["counts"].items():
+            counts[name] = counts.get(name, 0) + value
+        if report["dedup"]:
+            dedup = dedup or {k: report["dedup"][k] for k in ("mode", "threshold")}
+            for name in ("checked", "kept", "duplicates"):
+                dedup[name] = dedup.get(name, 0) + report["dedup"][name]
+    info.update(counts={"actors": len(reports), **counts}, dedup=dedup)
+    return card_text(data_files=["*.parquet"], num_rows=num_rows, fields=info)
 
 
 def _free_cpu_share(num_actors: int, num_cpus: float | None) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -28,16 +29,8 @@ def ray_session():
 
 
 def make_aug(folders, tmp_path, **kw):
-    return SteerAugmenter(
-        *folders,
-        prompt="Write about {topic}:",
-        n=2,
-        max_new_tokens=6,
-        num_negatives=3,
-        checkpoint_dir=tmp_path / "ckpt",
-        progress=False,
-        **kw,
-    )
+    settings = dict(prompt="Write about {topic}:", n=2, max_new_tokens=6, num_negatives=3, progress=False)
+    return SteerAugmenter(*folders, checkpoint_dir=tmp_path / "ckpt", **{**settings, **kw})
 
 
 def parts(aug):
@@ -76,6 +69,10 @@ def test_two_actors_complete_unique_and_sharing(tiny_folders, topics_ds, tmp_pat
     assert (negs[0] & texts[1]) or (negs[1] & texts[0])
 
 
+def read_rows(path):
+    return ray.data.read_parquet(str(path)).take_all()
+
+
 def test_ray_dataset_in_hf_and_parquet_out(tiny_folders, topics_ds, tmp_path):
     import datasets
 
@@ -83,17 +80,70 @@ def test_ray_dataset_in_hf_and_parquet_out(tiny_folders, topics_ds, tmp_path):
     aug = make_aug(tiny_folders, tmp_path, keep_original=False)
     hf = augment(src, aug, num_actors=1, output="hf")
     assert isinstance(hf, datasets.Dataset) and len(hf) == 2 * len(topics_ds) and all(hf["synthetic"])
-    # second run with the same settings: every row comes from the checkpoint, none regenerated
-    path = augment(
-        src,
-        make_aug(tiny_folders, tmp_path, keep_original=False),
-        num_actors=1,
-        output="parquet",
-        path=str(tmp_path / "out"),
-    )
-    back = ray.data.read_parquet(path).take_all()
-    assert sorted(r["text"] for r in back) == sorted(hf["text"])
+    # second and third runs with the same settings: every row from the checkpoint, none regenerated,
+    # and the Parquet folder replaced, not appended to (it used to hold both runs' files)
+    for _ in range(2):
+        path = augment(
+            src,
+            make_aug(tiny_folders, tmp_path, keep_original=False),
+            num_actors=1,
+            output="parquet",
+            path=str(tmp_path / "out"),
+        )
+        assert sorted(r["text"] for r in read_rows(path)) == sorted(hf["text"])
     assert len(parts(aug.fit(topics_ds))) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "out"]  # no temp folder left behind
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert '- "*.parquet"' in card and "| reused_rows | `8` |" in card and "| actors | `1` |" in card
+    assert "weights fingerprint" in card and "| expert|base |" in card.replace("\\|", "|")
+
+
+def test_write_parquet_replaces_local_and_uri_folders(tmp_path):
+    from ray_steer.output import write_parquet
+
+    ds = ray.data.from_items([{"i": i} for i in range(6)])
+    for target in (str(tmp_path / "local"), (tmp_path / "uri").as_uri()):
+        for _ in range(2):
+            write_parquet(ds, target, lambda rows: f"card of {rows} rows")
+        folder = tmp_path / target.rsplit("/", 1)[-1]
+        assert sorted(r["i"] for r in read_rows(folder)) == list(range(6))
+        assert (folder / "README.md").read_text() == "card of 6 rows"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local", "uri"]
+
+
+def test_driver_checks_before_any_actor_starts(tiny_folders, topics_ds, tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(
+        ValueError, match=r"`num_negatives` \(K=12\) is larger than the real negative pool \(8"
+    ):
+        augment(topics_ds, make_aug(tiny_folders, tmp_path, num_negatives=12), num_actors=2)
+    src = ray.data.from_items(topics_ds.to_list())
+    with pytest.raises(ValueError, match=r"K=12"):
+        augment(src, make_aug(tiny_folders, tmp_path, num_negatives=12), num_actors=2)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds files a rerun would delete \(\['notes.txt'\]\)"):
+        augment(topics_ds, make_aug(tiny_folders, tmp_path), output="parquet", path=str(busy))
+    (tmp_path / "file.parquet").write_text("")
+    with pytest.raises(ValueError, match="is a file"):
+        augment(
+            topics_ds, make_aug(tiny_folders, tmp_path), output="parquet", path=str(tmp_path / "file.parquet")
+        )
+    assert time.perf_counter() - t0 < 30  # no model was loaded, no actor started
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_dedup_on_ray(tiny_folders, topics_ds, tmp_path):
+    aug = make_aug(tiny_folders, tmp_path, n=3, max_new_tokens=1, dedup="exact", keep_original=False)
+    path = augment(topics_ds, aug, num_actors=1, batch_size=4, output="parquet", path=str(tmp_path / "out"))
+    texts = [r["text"] for r in read_rows(path)]
+    card = (tmp_path / "out" / "README.md").read_text()
+    dropped = int(re.search(r"\| duplicates \| `(\d+)` \|", card).group(1))
+    assert dropped > 0 and len(texts) == len(set(texts)) == 3 * len(topics_ds) - dropped
+    assert "## Deduplication" in card and "| mode | `exact` |" in card
 
 
 def test_shared_pool_gives_each_author_the_others_outputs_once():
