@@ -36,6 +36,11 @@ def load_old_package(commit: str, name: str = "steer_before"):
     return importlib.import_module(name)
 
 
+def load_average() -> list[str]:
+    """The 1, 5 and 15 minute load averages (the benchmark shares the machine)."""
+    return Path("/proc/loadavg").read_text().split()[:3]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default="ee24753", help="git commit of the old engine (default: %(default)s)")
@@ -62,12 +67,12 @@ def main() -> None:
     prompt = engines["after"].apply_chat_template(
         [{"role": "user", "content": "Write a research hypothesis in astronomy, phrased as a question."}]
     )
-    print(f"load average: {open('/proc/loadavg').read().split()[:3]}, threads {args.threads}")
+    print(f"load average: {load_average()}, threads {args.threads}")
     print("| batch | engine | median tok/s | median s | after/before |")
     print("|---|---|---|---|---|")
     for b in [int(x) for x in args.batches.split(",")]:
         times: dict[str, list[float]] = {k: [] for k in engines}
-        for name, eng in engines.items():  # warm-up
+        for eng in engines.values():  # warm-up
             eng.generate([prompt] * b, seed=0, add_to_pool=False, **{**cfg, "max_new_tokens": 4})
         for trial in range(args.trials):
             for name, eng in engines.items():
@@ -79,7 +84,8 @@ def main() -> None:
             ratio = med[name] / med["before"]
             tok_s = b * cfg["max_new_tokens"] / med[name]
             print(f"| {b} | {name} | {tok_s:.1f} | {med[name]:.2f} | {ratio:.2f} |")
-    print(f"load average after: {open('/proc/loadavg').read().split()[:3]}")
+    print(f"load average after: {load_average()}")
+    sys.stdout.flush()
     os._exit(0)  # engines' worker threads are daemons; skip interpreter teardown
 
 
