@@ -28,10 +28,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from steer_plugins.sources import load_model  # noqa: E402
 from transformers import LogitsProcessor, LogitsProcessorList  # noqa: E402
 
 from steer_plugins import SteerConfig, SteerEngine  # noqa: E402
-from steer_plugins.sources import load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = (
