@@ -136,6 +136,11 @@ class SteerDSPyEngine:
         >>> lm = dspy.LM(eng.model, engine=eng, async_engine=AsyncSteerDSPyEngine(eng))
     """
 
+    #: Capability hints DSPy reads from a custom engine: JSONAdapter then sends `response_format`,
+    #: which becomes the engine's `constraint=` (see `structured.py`).
+    supports_response_schema = True
+    supported_params = frozenset({"temperature", "max_tokens", "top_p", "stop", "seed", "response_format"})
+
     def __init__(
         self,
         engine: SteerEngine,

@@ -10,7 +10,8 @@ The one home of the translation (outlines' `ModelTypeAdapter`):
                                       (a list of strings) and `add_to_pool` (bool); `pool_state`
                                       is only a cache key (`SteerLM` puts it there) and is dropped
     `evaluation_mode()`             -> add_to_pool=False (and its eta), applied last
-    tools, images, audio, logprobs, response_format, penalties -> `dspy.LMUnsupportedFeatureError`
+    response_format, ChatAdapter layout -> `constraint=` (a well-formed, typed reply: `structured.py`)
+    tools, images, audio, logprobs, penalties -> `dspy.LMUnsupportedFeatureError`
 
 A request's settings become one `CallOptions`, validated once by `CallOptions.build`; an invalid
 setting is a `dspy.lm15.InvalidRequestError`, which DSPy raises as `LMInvalidRequestError`.
@@ -37,6 +38,7 @@ from dspy.lm15 import (
 from steer_plugins import CallOptions, SteerConfig, merge_stops, shared_negatives, usage
 
 from .modes import frozen_options
+from .structured import request_constraint
 
 if TYPE_CHECKING:
     from steer_plugins import SteerEngine, SteerResult, StreamEvent
@@ -63,7 +65,6 @@ CACHE_ONLY_KEYS = ("pool_state",)
 
 # Request settings STEER cannot honour: refused by name rather than dropped silently.
 _UNSUPPORTED_CONFIG = {
-    "response_format": "structured output (response_format); use a DSPy adapter (FieldByFieldAdapter) instead",
     "tool_choice": "tool calling (tool_choice)",
     "logprobs": "per-token logprobs",
     "frequency_penalty": "frequency_penalty",
@@ -125,6 +126,11 @@ def call_options(
         call["max_new_tokens"] = cfg.max_tokens
     call.update(_per_call_options(cfg.extensions))
     call.update(frozen_options())  # evaluation_mode(): the pool stays as it is
+    budget = call.get("max_new_tokens", engine.config.max_new_tokens)
+    with invalid_request("structured output: "):
+        constraint = request_constraint(request, budget, engine.count_tokens)
+    if constraint is not None:  # response_format or ChatAdapter's layout: a well-formed typed reply
+        call["constraint"] = constraint
     call["stop"] = merge_stops(call.get("stop", engine.config.stop), cfg.stop)
     with invalid_request("invalid STEER setting: "):
         negatives = shared_negatives(call.get("negatives"))

@@ -26,6 +26,7 @@ from pydantic import ConfigDict
 from steer_plugins import SteerResult, StreamEvent, usage
 
 from .params import SteerParams, arelay, generation_info_of, relay
+from .structured import structured_output
 
 __all__ = ["ChatSteer", "to_chat_dicts"]
 
@@ -110,6 +111,14 @@ class ChatSteer(SteerParams, BaseChatModel):
         if self._cache_in_use() and kwargs.get("seed", self.seed) is None:
             return await self._uncached().agenerate(messages, stop, callbacks, **kwargs)
         return await super().agenerate(messages, stop, callbacks, **kwargs)
+
+    def with_structured_output(
+        self, schema: Any = None, *, method: str = "json_schema", include_raw: bool = False, **kwargs: Any
+    ):
+        """Outputs decoded under `schema` (pydantic model, TypedDict or JSON-schema dict) and parsed
+        without retries; `method="json_mode"`: any JSON object. A reply cut by `max_new_tokens` is
+        never returned as parsed. See `structured.py` (`structured_output`) for the details."""
+        return structured_output(self, schema, method=method, include_raw=include_raw, **kwargs)
 
     def render(self, messages: Sequence[BaseMessage]) -> str:
         """The prompt string the model sees for `messages` (chat template, generation prompt added)."""

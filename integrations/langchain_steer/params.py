@@ -48,6 +48,7 @@ from steer_plugins import (
 
 from .hf_args import translate_hf_args
 from .persist import EngineRef, engine_ref, resolve_engine, source_of
+from .structured import constraint_key
 
 __all__ = [
     "CONFIG_FIELDS",
@@ -63,9 +64,9 @@ __all__ = [
 CONFIG_FIELDS: tuple[str, ...] = tuple(SteerConfig.model_fields)
 #: Per-call keyword arguments that are not config fields (the engine's other `CALL_KEYS`, such as
 #: per-prompt `seeds`, have no LangChain form and are refused).
-CALL_KWARGS: tuple[str, ...] = ("negatives", "add_to_pool")
+CALL_KWARGS: tuple[str, ...] = ("negatives", "add_to_pool", "constraint")
 #: LangChain's standard parameter names for SteerConfig fields.
-ALIASES: dict[str, str] = {"max_tokens": "max_new_tokens"}
+ALIASES: dict[str, str] = {"max_tokens": "max_new_tokens", "schema": "constraint"}
 _D = SteerConfig.model_fields
 C = TypeVar("C")
 
@@ -108,6 +109,10 @@ class SteerParams(_ConfigFields):
     """Negative examples for every prompt; None draws `num_negatives` from `engine.pool` per prompt."""
     add_to_pool: bool | None = None
     """Append outputs to `engine.pool` (None: when negatives come from a seeded pool, as the paper does)."""
+    constraint: Any = None
+    """Structured output: every output follows this `constraint=` spec (JSON schema, pydantic model,
+    TypedDict, `Regex`, choices, lark; see docs/structured.md). Per call too, as `constraint=` or
+    `schema=` (`.bind(schema=Model)`); `structured.py` has the parsers."""
     timeout: float | None = Field(default=None, gt=0)
     """Seconds a call may run (LangChain's standard parameter). Locally there is no request to time
     out, so it bounds decoding: a call still running after `timeout` s is cancelled in the engine
@@ -229,6 +234,8 @@ class SteerParams(_ConfigFields):
             **fields,
             "negatives": self.negatives,
         }
+        if self.constraint is not None:
+            params["constraint"] = constraint_key(self.constraint)
         if self.negatives is None and self.eta > 0:
             params["pool_state"] = pool_state(self.engine.pool)
         return params
@@ -278,6 +285,7 @@ class SteerParams(_ConfigFields):
             **self._config_fields(),
             "negatives": self.negatives,
             "add_to_pool": self.add_to_pool,
+            "constraint": self.constraint,
             **kwargs,
         }
         negatives = shared_negatives(call["negatives"])
