@@ -28,9 +28,11 @@ def test_chain_of_thought_with_two_output_fields_parses(lm, adapter):
     assert all(isinstance(pred[k], str) and pred[k] for k in ("reasoning", "question", "answer"))
 
 
-def test_plain_chat_adapter_fails_on_the_same_model(lm):
-    """Why the adapter exists: the tiny model never writes DSPy's format itself."""
-    with dspy.context(lm=lm), pytest.raises(dspy.utils.exceptions.AdapterParseError):
+def test_plain_chat_adapter_layout_too_big_for_the_budget_is_refused(lm):
+    """Since structured output (issue 11) the engine holds DSPy's own ChatAdapter layout, so a
+    random model no longer breaks it (tests/integrations/dspy/test_dspy_structured.py); a budget
+    too small for the layout's headers is refused up front, naming `max_new_tokens`."""
+    with dspy.context(lm=lm), pytest.raises(Exception, match="max_new_tokens"):
         dspy.Predict("topic -> question, answer")(topic="stars")
 
 
