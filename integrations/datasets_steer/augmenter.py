@@ -246,7 +246,7 @@ class SteerAugmenter:
                 self.output_column,
                 self.real_column,
                 self.key_column,
-                sha(self.real_texts or []),
+                sha(sorted(self.real_texts or [])),  # the set: Ray collects it in no fixed order
             ]
             + ([] if self.schema_columns is None else ["schema", self.schema_columns.key])
         )

@@ -184,7 +184,7 @@ class Runtime:
         `progress.stats`, and the dedup counts (None when off)."""
         models = {}
         if self.engine is not None:
-            models = {"expert|base": {"name": self.engine.name, "fingerprint": self.model}}
+            models = {"expert + base": {"name": self.engine.name, "fingerprint": self.model}}
         dedup = self.dedup.counts() if self.dedup is not None else None
         return {"models": models, "counts": dict(self.progress.stats), "dedup": dedup}
 

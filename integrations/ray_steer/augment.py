@@ -181,9 +181,8 @@ def _to_ray(data: Any, aug: SteerAugmenter, num_actors: int):
         aug.check_columns(names, need_real=aug.real_texts is None)
         if aug.real_texts is None:
             rows = data.select_columns([aug.real_column]).take_all()
-            aug.real_texts = aug.check_texts(
-                [r[aug.real_column] for r in rows], f"column {aug.real_column!r}"
-            )
+            texts = aug.check_texts([r[aug.real_column] for r in rows], f"column {aug.real_column!r}")
+            aug.real_texts = sorted(texts)  # Ray returns rows in no fixed order: one pool per run
         return data
     if hasattr(data, "column_names") and hasattr(data, "features"):  # a datasets.Dataset
         if aug.real_texts is None:

@@ -86,6 +86,8 @@ def test_dataset_card_next_to_checkpoint_and_output(tiny_folders, topics_ds, tmp
     assert card.startswith("---\n") and 'license: "other"' in card and '- "part-*.jsonl"' in card
     fingerprint = aug.engine.fingerprint(**aug.config_fields)
     assert fingerprint in card and aug.engine.name.split("|")[0] in card  # weights fingerprints
+    row = next(line for line in card.splitlines() if line.startswith("| expert + base |"))
+    assert row.replace("\\|", "").count("|") == 4  # role, name, fingerprint: a 3-cell table row
     assert "| rows_in_checkpoint | `8` |" in card and "| last worker's generated_rows | `8` |" in card
     assert "Seed: `5`" in card and "Write about {topic}:" in card
     out.to_parquet(tmp_path / "out" / "train.parquet")

@@ -130,3 +130,13 @@ def test_in_memory_model_perturbed_gives_no_stale_rows(tiny_tok, topics_ds, tmp_
     aug3, after = run()
     assert aug3.stats["reused_rows"] == 0 and aug3.stats["generated_rows"] == len(topics_ds)
     assert after != before and aug3.checkpoint_path != aug1.checkpoint_path
+
+
+def test_checkpoint_folder_names_the_set_of_real_texts_not_their_order(tiny_folders, topics_ds, tmp_path):
+    # Ray collects a dataset's real column in no fixed order: a rerun must find the same folder
+    texts = topics_ds["text"]
+    a = SteerAugmenter(*tiny_folders, real_texts=texts, checkpoint_dir=tmp_path, **SETTINGS)
+    b = SteerAugmenter(*tiny_folders, real_texts=texts[::-1], checkpoint_dir=tmp_path, **SETTINGS)
+    assert a.checkpoint_path == b.checkpoint_path
+    c = SteerAugmenter(*tiny_folders, real_texts=texts[1:], checkpoint_dir=tmp_path, **SETTINGS)
+    assert c.checkpoint_path != a.checkpoint_path
