@@ -98,25 +98,32 @@ def _build_groups(
     peft_mode: str,
     min_rows: int = 1,
     first_index: int = 0,
+    negative_prefill_dtype: torch.dtype | None = None,
 ) -> list[_Group]:
-    """Plan the rows of `jobs` (numbered from `first_index`) and group them into RowBatches."""
+    """Plan the rows of `jobs` (numbered from `first_index`) and group them into RowBatches.
+    `negative_prefill_dtype` (default: `models.negative_prefill_dtype` when set) prefills the
+    negative-context rows in that dtype: opt-in and not exact (see `RowBatch`)."""
     base_is_expert = models.base is models.expert
     expert_rows: list[_Row] = []
     base_rows: list[_Row] = []
+    negative: set[int] = set()  # id() of the negative-context rows
     for i, job in enumerate(jobs, start=first_index):
         e, b = _plan_rows(i, job, base_is_expert)
         expert_rows += e
         base_rows += b
-    groups: list[_Group] = []
+        negative.update(id(r) for r in e if any(r.context is c for c in job.negative_contexts))
+    low = negative_prefill_dtype or getattr(models, "negative_prefill_dtype", None)
+
+    def expert_batch(rows: list[_Row], **kw) -> _Group:
+        if low is not None:
+            kw.update(prefill_dtype=low, reduced_rows=[id(r) in negative for r in rows])
+        return _Group(RowBatch(models.expert, pad_id=pad_id, min_rows=min_rows, **kw), rows)
+
     if models.shared_weights and base_rows and peft_mode == "mixed":
         active = models.expert.active_adapter
-        rows = expert_rows + base_rows
         names = [active] * len(expert_rows) + ["__base__"] * len(base_rows)
-        groups.append(
-            _Group(RowBatch(models.expert, pad_id=pad_id, adapter_names=names, min_rows=min_rows), rows)
-        )
-        return groups
-    groups.append(_Group(RowBatch(models.expert, pad_id=pad_id, min_rows=min_rows), expert_rows))
+        return [expert_batch(expert_rows + base_rows, adapter_names=names)]
+    groups = [expert_batch(expert_rows)]
     if base_rows:
         if models.shared_weights:
             groups.append(
@@ -297,9 +304,19 @@ class Decoder:
         return self._plan
 
     def _combine(self, plan: _StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
-        branch_lp = torch.cat(self._outputs, dim=0)[plan.idx]  # (prompts, branches, vocab)
-        scores = combine(branch_lp, plan.weights, alpha=plan.alpha)
-        scores, fallback = apply_constraints(scores, branch_lp[:, 0], plan.constrained)
+        # Rows hold raw logits after a step and log-probs after a prefill: everything below is
+        # unchanged by a constant per row (the sum is renormalised, α compares with the head's max).
+        outs = self._outputs
+        rows = outs[0] if len(outs) == 1 else torch.cat(outs)  # (rows, vocab)
+        if plan.alpha is None and bool(torch.isfinite(rows).all()):
+            # Σ w·ℓ as one (prompts, rows) @ (rows, vocab) product: no (prompts, branches, vocab) copy
+            dense = rows.new_zeros((len(plan.active), rows.shape[0]))
+            dense.scatter_add_(1, plan.idx, plan.weights.to(rows.dtype))
+            scores, head = dense @ rows, rows.index_select(0, plan.idx[:, 0])
+        else:
+            branch_lp = rows[plan.idx]  # (prompts, branches, vocab)
+            scores, head = combine(branch_lp, plan.weights, alpha=plan.alpha), branch_lp[:, 0]
+        scores, fallback = apply_constraints(scores, head, plan.constrained)
         scores, fell_back = guard_non_finite(scores, fallback)
         return scores.log_softmax(-1), fell_back
 
@@ -363,7 +380,10 @@ class Decoder:
 
     def _forward(self) -> None:
         self._outputs = [
-            g.batch.step(torch.tensor([self._states[r.job].tokens[-1] for r in g.rows], dtype=torch.long))
+            g.batch.step(
+                torch.tensor([self._states[r.job].tokens[-1] for r in g.rows], dtype=torch.long),
+                logprobs=False,
+            )
             for g in self._groups
         ]
 

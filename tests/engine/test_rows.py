@@ -1,0 +1,229 @@
+"""RowBatch with row attention (RowKVCache + "steer_rows") against transformers' own attention and a
+no-cache reference: prefill, steps, buffer growth, rows leaving, merges, shared prefill, bf16 prefill."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from steer_plugins import SteerConfig, SteerEngine
+from steer_plugins.core import attention
+from steer_plugins.core.kv_cache import RowKVCache
+from steer_plugins.core.rows import RowBatch
+from steer_plugins.testing import tiny_lora_expert, tiny_model
+
+TEXTS = [
+    "Is",
+    "Does dark matter shape the rotation curves of dwarf galaxies? " * 3,
+    "Could the quick brown fox",
+    "The quick brown fox jumps over the lazy dog. Is the Hubble tension real?",
+    "What is the capital",
+]
+
+
+def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:
+    torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+@torch.inference_mode()
+def reference(model, ids: list[int], adapter: bool = True) -> torch.Tensor:
+    """Last-position log-probs of one row, no cache, no padding."""
+    if not adapter:
+        with model.disable_adapter():
+            return reference(model, ids)
+    return model(input_ids=torch.tensor([ids], device=model.device)).logits[0, -1].float().log_softmax(-1)
+
+
+def test_device_option_is_wired(device):
+    assert isinstance(device, torch.device)
+
+
+@pytest.mark.parametrize("peft_mode", ["mixed", "two_pass"])
+def test_engine_on_device_matches_no_cache_reference(tiny_tok, device, peft_mode):
+    """STEER scores on `device` (LoRA expert, base = adapter off, one concatenated negative context)
+    against every branch recomputed from scratch at every step."""
+    expert = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=2), seed=5).to(device)
+    cfg = SteerConfig(max_new_tokens=6, gamma=0.5, eta=0.8)
+    engine = SteerEngine(expert, tokenizer=tiny_tok, config=cfg, peft_mode=peft_mode)
+    prompts, negs = [TEXTS[2], TEXTS[4]], [[TEXTS[3], "x y z"], ["Is it?"]]
+    results = engine.generate(prompts, negatives=negs, return_scores=True, seed=4)
+    engine.close()
+    w = cfg.branch_weights()
+    for prompt, neg, r in zip(prompts, negs, results, strict=True):
+        p_ids, n_ids = tiny_tok(prompt).input_ids, tiny_tok(" ".join(neg)).input_ids
+        for t in range(len(r.token_ids)):
+            gen = r.token_ids[:t]
+            s = w.expert * reference(expert, p_ids + gen) + w.base * reference(
+                expert, p_ids + gen, adapter=False
+            )
+            s = s + w.negative * reference(expert, n_ids + gen)
+            close(r.scores[t], s.log_softmax(-1).cpu(), tol=1e-4)
+
+
+@pytest.mark.parametrize("min_rows", [1, 4])
+def test_rows_match_dynamic_path_and_reference(tiny_pair_models, min_rows, device):
+    expert, _, tok = tiny_pair_models
+    expert = expert.to(device)
+    ctx = [tok(t).input_ids for t in TEXTS[:3]]
+    rows = RowBatch(expert, pad_id=0, min_rows=min_rows)
+    dyn = RowBatch(expert, pad_id=0, min_rows=min_rows, row_attention=False)
+    assert rows.rows_mode and not dyn.rows_mode
+    lp, lp_dyn = rows.prefill(ctx), dyn.prefill(ctx)
+    close(lp, lp_dyn)
+    assert rows.attention_mask.shape == dyn.attention_mask.shape
+    assert torch.equal(rows.attention_mask, dyn.attention_mask)
+    for _ in range(3):
+        tokens = lp.argmax(-1)
+        ctx = [c + [int(t)] for c, t in zip(ctx, tokens, strict=True)]
+        lp, lp_dyn = rows.step(tokens), dyn.step(tokens)
+        close(lp, lp_dyn)
+        for i, c in enumerate(ctx):
+            close(lp[i], reference(expert, c), tol=1e-4)
+    logits = rows.step(lp.argmax(-1), logprobs=False)
+    close(logits.log_softmax(-1), dyn.step(lp.argmax(-1)))
+
+
+def test_buffers_grow_and_rows_leave_without_changing_results(tiny_tok, device):
+    model = tiny_model("llama", tiny_tok, seed=3).to(device)
+    ctx = [tiny_tok(t).input_ids for t in TEXTS]
+    rows = RowBatch(model, pad_id=0)
+    lp = rows.prefill(ctx)
+    rows.cache.reserve = 2  # grow every other step
+    assert len(rows.cache.segments) > 1, "short and long contexts sit in separate segments"
+    alive = list(range(len(ctx)))
+    for step in range(7):
+        tokens = lp.argmax(-1)
+        for i, t in zip(alive, tokens.tolist(), strict=True):
+            ctx[i] = ctx[i] + [t]
+        lp = rows.step(tokens)
+        for k, i in enumerate(alive):
+            close(lp[k], reference(model, ctx[i]), tol=1e-4)
+        if step in (1, 4):  # drop the first and a middle row: the last rows move into the holes
+            keep = [k for k in range(len(alive)) if k not in (0, len(alive) // 2)]
+            rows.select(torch.tensor(keep))
+            alive = [alive[k] for k in keep]
+            lp = lp[torch.tensor(keep, device=lp.device)]
+    assert len(rows) == len(alive) == 1
+
+
+def test_merge_combines_segments_and_keeps_rows_exact(tiny_tok, device):
+    model = tiny_model("gpt2", tiny_tok, seed=4).to(device)
+    texts = [TEXTS[1], TEXTS[0], TEXTS[1][:-60] + " Yes", "Is it"]  # widths 102, 2 | 72, 4
+    ctx = [tiny_tok(t).input_ids for t in texts]
+    a, b = RowBatch(model, pad_id=0), RowBatch(model, pad_id=0)
+    lp_a = a.prefill(ctx[:2])
+    tokens = lp_a.argmax(-1)
+    ctx[:2] = [c + [int(t)] for c, t in zip(ctx[:2], tokens, strict=True)]
+    lp_a = a.step(tokens)  # the running side has decoded a step: its segments end one column later
+    lp_b = b.prefill(ctx[2:])
+    assert len(a.cache.segments) == len(b.cache.segments) == 2
+    a.merge(b)
+    assert len(a.cache.segments) == 2, "segments of similar width are combined (103 with 72, 3 with 4)"
+    assert len(a) == len(ctx) and b.cache is None
+    lp = torch.cat([lp_a, lp_b])
+    for _ in range(2):
+        tokens = lp.argmax(-1)
+        ctx = [c + [int(t)] for c, t in zip(ctx, tokens, strict=True)]
+        lp = a.step(tokens)
+        for i, c in enumerate(ctx):
+            close(lp[i], reference(model, c), tol=1e-4)
+
+
+def test_identical_contexts_are_prefilled_once(tiny_tok, device, monkeypatch):
+    expert = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=2), seed=5).to(device)
+    p, n = tiny_tok(TEXTS[2]).input_ids, tiny_tok(TEXTS[3]).input_ids
+    contexts = [p, p, n, p, p]
+    names = ["default", "__base__", "default", "default", "__base__"]
+    seen: list[int] = []
+    forward = RowBatch._forward
+
+    def counting(self, input_ids, *args, **kwargs):
+        seen.append(input_ids.shape[0])
+        return forward(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(RowBatch, "_forward", counting)
+    rows = RowBatch(expert, pad_id=0, adapter_names=names)
+    lp = rows.prefill(contexts)
+    assert sum(seen) == 3, "one row per distinct (context, adapter)"
+    for i, (c, name) in enumerate(zip(contexts, names, strict=True)):
+        close(lp[i], reference(expert, c, adapter=name != "__base__"), tol=1e-4)
+    tokens = lp.argmax(-1)
+    lp = rows.step(tokens)
+    for i, (c, name) in enumerate(zip(contexts, names, strict=True)):
+        close(lp[i], reference(expert, c + [int(tokens[i])], adapter=name != "__base__"), tol=1e-4)
+
+
+def test_bf16_prefill_is_opt_in_close_and_decodes_in_fp32(tiny_tok, device):
+    model = tiny_model("llama", tiny_tok, seed=3).to(device)
+    ctx = [tiny_tok(t).input_ids for t in TEXTS]
+    exact, fast = RowBatch(model, pad_id=0), RowBatch(model, pad_id=0, prefill_dtype=torch.bfloat16)
+    a, b = exact.prefill(ctx), fast.prefill(ctx)
+    assert exact.prefill_dtype is None
+    assert all(t.dtype == torch.float32 for t, _ in fast.cache.layer_tensors())
+    assert (a - b).abs().max() < 0.25  # bf16 rounding, not an exact path
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.8
+    tokens = a.argmax(-1)
+    assert fast.step(tokens).dtype == torch.float32
+
+
+def test_other_threads_keep_their_attention_during_a_row_forward(tiny_tok):
+    model = tiny_model("llama", tiny_tok, seed=3)
+    ids = torch.tensor([tiny_tok(TEXTS[3]).input_ids])
+    want = reference(model, ids[0].tolist())
+    got: list[torch.Tensor] = []
+    inside = threading.Event()
+    release = threading.Event()
+
+    def other_thread():
+        inside.wait()
+        assert model.config._attn_implementation == attention.NAME  # switched by the row forward
+        got.append(reference(model, ids[0].tolist()))
+        release.set()
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    with attention.row_attention(model, RowKVCache()):
+        inside.set()
+        release.wait(timeout=30)
+    t.join()
+    assert model.config._attn_implementation == "sdpa"
+    close(got[0], want)
+
+
+def test_unsupported_models_use_the_dynamic_cache(tiny_tok, monkeypatch):
+    model = tiny_model("llama", tiny_tok, seed=3)
+    monkeypatch.setattr(model.config, "sliding_window", 4, raising=False)
+    assert not attention.supports_row_attention(model)
+    rows = RowBatch(model, pad_id=0)
+    assert not rows.rows_mode
+    rows.prefill([tiny_tok(TEXTS[0]).input_ids])
+    assert not isinstance(rows.cache, RowKVCache)
+
+
+def test_a_model_that_does_not_pass_its_cache_on_falls_back(tiny_tok, monkeypatch):
+    model = tiny_model("llama", tiny_tok, seed=3)
+    monkeypatch.setattr(RowKVCache, "update", lambda self, key, value, *args, **kwargs: (key, value))
+    rows = RowBatch(model, pad_id=0)
+    ids = tiny_tok(TEXTS[3]).input_ids
+    lp = rows.prefill([ids])
+    assert not rows.rows_mode and not isinstance(rows.cache, RowKVCache)
+    close(lp[0], reference(model, ids))
+    token = lp.argmax(-1)
+    close(rows.step(token)[0], reference(model, ids + [int(token)]), tol=1e-4)
+
+
+def test_prefill_in_row_chunks_equals_one_forward(tiny_tok, device, monkeypatch):
+    import steer_plugins.core.rows as rows_mod
+
+    expert = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=2), seed=5).to(device)
+    ctx = [tiny_tok(t).input_ids for t in [TEXTS[3], TEXTS[3][:-8], TEXTS[3][4:], TEXTS[2] + " and"]]
+    names = ["default", "__base__", "default", "__base__"]
+    whole = RowBatch(expert, pad_id=0, adapter_names=names)
+    a = whole.prefill(ctx)
+    monkeypatch.setattr(rows_mod, "PREFILL_CHUNK_TOKENS", 60)  # about one row per forward
+    chunked = RowBatch(expert, pad_id=0, adapter_names=names)
+    close(chunked.prefill(ctx), a)
+    tokens = a.argmax(-1)
+    close(chunked.step(tokens), whole.step(tokens))
