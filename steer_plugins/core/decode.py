@@ -307,16 +307,9 @@ class Decoder:
         # Rows hold raw logits after a step and log-probs after a prefill: everything below is
         # unchanged by a constant per row (the sum is renormalised, α compares with the head's max).
         outs = self._outputs
-        rows = outs[0] if len(outs) == 1 else torch.cat(outs)  # (rows, vocab)
-        if plan.alpha is None and bool(torch.isfinite(rows).all()):
-            # Σ w·ℓ as one (prompts, rows) @ (rows, vocab) product: no (prompts, branches, vocab) copy
-            dense = rows.new_zeros((len(plan.active), rows.shape[0]))
-            dense.scatter_add_(1, plan.idx, plan.weights.to(rows.dtype))
-            scores, head = dense @ rows, rows.index_select(0, plan.idx[:, 0])
-        else:
-            branch_lp = rows[plan.idx]  # (prompts, branches, vocab)
-            scores, head = combine(branch_lp, plan.weights, alpha=plan.alpha), branch_lp[:, 0]
-        scores, fallback = apply_constraints(scores, head, plan.constrained)
+        branch_lp = (outs[0] if len(outs) == 1 else torch.cat(outs))[plan.idx]  # (prompts, branches, vocab)
+        scores = combine(branch_lp, plan.weights, alpha=plan.alpha)
+        scores, fallback = apply_constraints(scores, branch_lp[:, 0], plan.constrained)
         scores, fell_back = guard_non_finite(scores, fallback)
         return scores.log_softmax(-1), fell_back
 
