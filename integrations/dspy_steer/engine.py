@@ -281,8 +281,8 @@ class SteerDSPyEngine:
         `LMInvalidRequestError`, `LMConfigurationError`).
         """
         check_request(request, self.model)
-        options = call_options(self.engine, request, self.config, self.add_to_pool)
-        return self.render(request), options
+        prompt = self.render(request)  # refuses non-text parts before any structured-output check
+        return prompt, call_options(self.engine, request, self.config, self.add_to_pool)
 
     def render(self, request: Request) -> str:
         """The prompt text: the chat template over system + turns (a trailing assistant turn is
