@@ -6,15 +6,15 @@ checkpointed per finished row, so an interrupted run resumes); this command read
 columns and the output path before any model loads, and writes the augmented file with its
 settings record (`<out>.meta.json`) and a dataset card.
 
-Layering: nothing in `steer_plugins` imports a framework at import time (`tests/test_layering.py`);
-this command reaches `datasets` and `datasets_steer` through `importlib` when it runs, so
-`import steer_plugins` and every other command stay framework-free.
+Layering: nothing in `steer_plugins` imports a framework at import time. This command is the one
+allowed exception (`LAZY_FRAMEWORK_IMPORTS` in `tests/test_layering.py`): it imports `datasets` and
+`datasets_steer` inside a function, when it runs, so `import steer_plugins` and every other command
+stay framework-free.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import string
 from pathlib import Path
@@ -94,11 +94,13 @@ def add_parser(subs: Any) -> argparse.ArgumentParser:
 def _frameworks() -> tuple[Any, Any]:
     """(`datasets`, `datasets_steer`), imported when the command runs (see the module docstring)."""
     try:
-        return importlib.import_module("datasets"), importlib.import_module("datasets_steer")
+        import datasets
+        import datasets_steer
     except ImportError as e:
         raise ImportError(
             f"`steer augment` needs the datasets extra ({e}): pip install 'steer-plugins[datasets]'"
         ) from e
+    return datasets, datasets_steer
 
 
 def _template_columns(template: str) -> list[str]:

@@ -42,29 +42,17 @@ def add_parser(subs: Any) -> argparse.ArgumentParser:
         "--instruction", help="instruction the expert answers (chat-wrapped; recorded as its prompt)"
     )
     f.add_argument("--prompt", help="exact prompt prefix instead of --instruction")
-    f.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps (one batch each)")
-    f.add_argument(
-        "--lr",
-        type=float,
-        default=DEFAULT_LR,
-        help="peak AdamW learning rate (linear warm-up, then decay to a tenth)",
-    )
-    f.add_argument("--r", type=int, default=DEFAULT_R, help="LoRA rank (the authors: 64 on Falcon-7B)")
-    f.add_argument("--alpha", type=int, default=DEFAULT_ALPHA, help="LoRA alpha")
-    f.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="examples per optimizer step")
-    f.add_argument(
-        "--max-length",
-        type=int,
-        default=DEFAULT_MAX_LENGTH,
-        help="tokens per example at most (prompt included)",
-    )
-    f.add_argument(
-        "--holdout",
-        type=float,
-        default=DEFAULT_HOLDOUT,
-        help="fraction held out for perplexity (0 = none)",
-    )
-    f.add_argument("--seed", type=int, default=0, help="seed of the held-out split, LoRA init and batches")
+    for flag, kind, default, text in (
+        ("--steps", int, DEFAULT_STEPS, "optimizer steps (one batch each)"),
+        ("--lr", float, DEFAULT_LR, "peak AdamW learning rate (linear warm-up, then decay to a tenth)"),
+        ("--r", int, DEFAULT_R, "LoRA rank (the authors: 64 on Falcon-7B)"),
+        ("--alpha", int, DEFAULT_ALPHA, "LoRA alpha"),
+        ("--batch-size", int, DEFAULT_BATCH_SIZE, "examples per optimizer step"),
+        ("--max-length", int, DEFAULT_MAX_LENGTH, "tokens per example at most (prompt included)"),
+        ("--holdout", float, DEFAULT_HOLDOUT, "fraction held out for perplexity (0 = none)"),
+        ("--seed", int, 0, "seed of the held-out split, LoRA init and batches"),
+    ):
+        f.add_argument(flag, type=kind, default=default, help=text)
     f.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=run)

@@ -29,11 +29,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .metrics import DEFAULT_SELF_BLEU_MAX, Metric, MetricInput, compute, prepare
+from .metrics import Metric, MetricInput, SampleOptions, compute, prepare
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "DEFAULT_RESAMPLES",
@@ -156,15 +159,13 @@ def evaluate_with_ci(
     *,
     resamples: int = DEFAULT_RESAMPLES,
     confidence: float = DEFAULT_CONFIDENCE,
-    sample_size: int | None = None,
-    self_bleu_max: int = DEFAULT_SELF_BLEU_MAX,
-    reference_name: str | None = None,
-    finish_reasons: Mapping[str, Sequence[str | None]] | None = None,
     fewer: Mapping[str, int] | None = None,
+    **options: Unpack[SampleOptions],
 ) -> dict[str, dict[str, Any]]:
     """`evaluate`, plus a `confidence` interval for every metric of every set.
 
-    Takes `steer_plugins.apps.eval.evaluate`'s arguments, and:
+    Takes `steer_plugins.apps.eval.evaluate`'s arguments (the keyword ones, `SampleOptions`,
+    pass on to `prepare`), and:
 
     Args:
         resamples: B half-samples per set (seeded by `seed`; same seed, same intervals).
@@ -177,16 +178,7 @@ def evaluate_with_ci(
     """
     if not 0 < confidence < 1:
         raise ValueError(f"`confidence` must be in (0, 1), got {confidence!r}")
-    chosen, inputs = prepare(
-        synthetic,
-        reference,
-        metrics,
-        seed,
-        sample_size=sample_size,
-        self_bleu_max=self_bleu_max,
-        reference_name=reference_name,
-        finish_reasons=finish_reasons,
-    )
+    chosen, inputs = prepare(synthetic, reference, metrics, seed, **options)
     results: dict[str, dict[str, Any]] = {}
     for name, given in inputs.items():
         row: dict[str, Any] = compute(chosen, given)

@@ -45,6 +45,7 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
@@ -59,6 +60,9 @@ from .embedding import (
     vendi,
 )
 from .lexicon import completion_rate, invented_word_rate, own_invented_word_rate
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "Metric",
@@ -302,6 +306,15 @@ def _check_sets(
         )
 
 
+class SampleOptions(TypedDict, total=False):
+    """The keyword options of `prepare` that `evaluate` and `evaluate_with_ci` pass on to it."""
+
+    sample_size: int | None
+    self_bleu_max: int
+    reference_name: str | None
+    finish_reasons: Mapping[str, Sequence[str | None]] | None
+
+
 def prepare(
     synthetic: Mapping[str, Sequence[str]],
     reference: Sequence[str],
@@ -354,11 +367,7 @@ def evaluate(
     reference: Sequence[str],
     metrics: Sequence[str] | None = None,
     seed: int = 0,
-    *,
-    sample_size: int | None = None,
-    self_bleu_max: int = DEFAULT_SELF_BLEU_MAX,
-    reference_name: str | None = None,
-    finish_reasons: Mapping[str, Sequence[str | None]] | None = None,
+    **options: Unpack[SampleOptions],
 ) -> dict[str, dict[str, float | int]]:
     """Score one or more synthetic sets against real examples, at equal sample sizes.
 
@@ -371,6 +380,9 @@ def evaluate(
         reference: the real examples; at least 2.
         metrics: keys from `METRICS` (or a comma-separated string); default all.
         seed: seeds the subsamples, the self-BLEU subsample, MAUVE's clustering and the CV folds.
+        **options: the keyword-only `SampleOptions` below, passed on to `prepare`.
+
+    Other Parameters:
         sample_size: cap on the common size `n` (at least 2); default: the smallest set's size.
         self_bleu_max: at most this many self-BLEU hypotheses per set.
         reference_name: if given, also report the metrics of the reference subsample on its own
@@ -386,14 +398,5 @@ def evaluate(
         ValueError: a set or the reference with fewer than 2 examples, unknown metric,
             `sample_size` < 2.
     """
-    chosen, inputs = prepare(
-        synthetic,
-        reference,
-        metrics,
-        seed,
-        sample_size=sample_size,
-        self_bleu_max=self_bleu_max,
-        reference_name=reference_name,
-        finish_reasons=finish_reasons,
-    )
+    chosen, inputs = prepare(synthetic, reference, metrics, seed, **options)
     return {name: compute(chosen, given) for name, given in inputs.items()}
