@@ -116,8 +116,10 @@ class ChatSteer(SteerParams, BaseChatModel):
         self, schema: Any = None, *, method: str = "json_schema", include_raw: bool = False, **kwargs: Any
     ):
         """Outputs decoded under `schema` (pydantic model, TypedDict or JSON-schema dict) and parsed
-        without retries; `method="json_mode"`: any JSON object. A reply cut by `max_new_tokens` is
-        never returned as parsed. See `structured.py` (`structured_output`) for the details."""
+        without retries; `method="function_calling"` is the same (no tool calls: the arguments' JSON
+        is decoded directly), `method="json_mode"`: any JSON object; `strict` is accepted (always
+        strict). A reply cut by `max_new_tokens` is never returned as parsed. See `structured.py`
+        (`structured_output`) for the details."""
         return structured_output(self, schema, method=method, include_raw=include_raw, **kwargs)
 
     def render(self, messages: Sequence[BaseMessage]) -> str:

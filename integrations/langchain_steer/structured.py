@@ -9,10 +9,15 @@ parsed; it raises `OutputParserException` naming `max_new_tokens` (with `include
 
 | schema | constraint | returns |
 |---|---|---|
-| pydantic model class | its `model_json_schema()` | a model instance |
-| TypedDict (any type pydantic describes) | `TypeAdapter(...).json_schema()` | a dict (the JSON value) |
-| JSON schema dict (or an OpenAI function dict) | the schema (its `parameters`) | a dict |
+| pydantic model class (v2, or `pydantic.v1`) | its JSON schema | a model instance |
+| TypedDict | LangChain's JSON schema of it (`Annotated[T, default, "description"]`), else pydantic's | a dict |
+| another type pydantic describes (`list[str]`, ...) | `TypeAdapter(...).json_schema()` | the JSON value |
+| JSON schema dict (or an OpenAI function/tool or Anthropic tool dict) | the schema (its parameters) | a dict |
 | `method="json_mode"` | any JSON object | the schema's type (a dict without one) |
+
+`method="function_calling"` gives the same result as "json_schema": STEER has no tool calls, but the
+arguments a tool call would carry are exactly the JSON of the schema, which it decodes directly.
+`strict` is accepted; decoding under the schema is always strict.
 
 `SteerLLM` (text completion) takes the same `constraint=` per call (`.bind(constraint=Model)`, or
 `schema=`, its alias) and `SteerJsonParser(target=Model)` parses its output:
@@ -23,7 +28,9 @@ parsed; it raises `OutputParserException` naming `max_new_tokens` (with `include
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -32,22 +39,32 @@ from langchain_core.output_parsers import BaseOutputParser
 from langchain_core.outputs import ChatGeneration, Generation
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from pydantic import BaseModel, ConfigDict, TypeAdapter
+from typing_extensions import is_typeddict
 
 __all__ = ["SteerJsonParser", "constraint_key", "json_schema_of", "structured_output"]
 
-Method = Literal["json_schema", "json_mode"]
-_METHODS = ("json_schema", "json_mode")
+Method = Literal["json_schema", "function_calling", "json_mode"]
+_METHODS = ("json_schema", "function_calling", "json_mode")
 #: What `method="json_mode"` constrains the output to: any JSON object.
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
 
 def _is_model(schema: Any) -> bool:
-    return isinstance(schema, type) and issubclass(schema, BaseModel)
+    """A pydantic model class, v2 or `pydantic.v1` (LangChain still accepts the latter; a v1 model
+    means `pydantic.v1` is imported, so it is not imported here)."""
+    if not isinstance(schema, type):
+        return False
+    v1 = sys.modules.get("pydantic.v1")
+    return issubclass(schema, BaseModel) or (v1 is not None and issubclass(schema, v1.BaseModel))
 
 
 def json_schema_of(schema: Any) -> dict[str, Any]:
     """The JSON schema a LangChain `schema` stands for (pydantic model, TypedDict or other type,
-    JSON-schema dict, OpenAI function/tool dict).
+    JSON-schema dict, OpenAI function/tool dict, Anthropic tool dict).
+
+    A TypedDict is read as LangChain reads it (`Annotated[T, default, "description"]`: a key with a
+    default is optional), falling back to pydantic for what LangChain's converter cannot take
+    (e.g. `Annotated[str, Field(max_length=4)]`).
 
     Raises:
         TypeError: a schema that is none of these.
@@ -55,11 +72,18 @@ def json_schema_of(schema: Any) -> dict[str, Any]:
     if isinstance(schema, dict):
         if schema.get("type") == "function" and isinstance(schema.get("function"), dict):
             schema = schema["function"]
-        if "parameters" in schema and "name" in schema and "properties" not in schema:
-            return dict(schema["parameters"])
+        if "name" in schema and "properties" not in schema:
+            for key in ("parameters", "input_schema"):
+                if isinstance(schema.get(key), dict):
+                    return dict(schema[key])
         return dict(schema)
     if _is_model(schema):
-        return schema.model_json_schema()
+        return schema.model_json_schema() if issubclass(schema, BaseModel) else schema.schema()
+    if is_typeddict(schema):
+        from langchain_core.utils.function_calling import convert_to_json_schema
+
+        with contextlib.suppress(Exception):  # pydantic's reading below takes what LangChain's cannot
+            return convert_to_json_schema(schema)
     try:
         return TypeAdapter(schema).json_schema()
     except Exception as err:  # pydantic raises several error types for what it cannot describe
@@ -123,7 +147,9 @@ class SteerJsonParser(BaseOutputParser[Any]):
     def _value(self, text: str) -> Any:
         try:
             if _is_model(self.target):
-                return self.target.model_validate_json(text)
+                if issubclass(self.target, BaseModel):
+                    return self.target.model_validate_json(text)
+                return self.target.parse_raw(text)  # pydantic.v1
             return json.loads(text)
         except ValueError as err:  # pydantic's ValidationError is a ValueError
             raise OutputParserException(
@@ -157,28 +183,31 @@ def structured_output(
 
     Args:
         model: the `ChatSteer` or `SteerLLM`.
-        schema: pydantic model, TypedDict (or another type pydantic describes) or JSON-schema dict;
-            optional with `method="json_mode"`.
-        method: "json_schema" (default): the output is JSON of `schema`; "json_mode": any JSON
-            object, parsed as `schema` when one is given (a pydantic model may then reject it).
-            "function_calling" is refused: STEER has no tool calling.
+        schema: pydantic model (v2 or v1), TypedDict (or another type pydantic describes), JSON-schema
+            dict or OpenAI/Anthropic tool dict; optional with `method="json_mode"`.
+        method: "json_schema" (default): the output is JSON of `schema`; "function_calling": the
+            same (STEER has no tool calls; it decodes the arguments' JSON directly, and the message
+            carries it as content, not as a tool call); "json_mode": any JSON object, parsed as
+            `schema` when one is given (a pydantic model may then reject it).
         include_raw: return `{"raw": message, "parsed": value | None, "parsing_error": error | None}`.
-        strict: accepted for compatibility; decoding under the schema is always strict.
+        strict: accepted for compatibility (None, True or False); decoding under the schema is
+            always strict.
 
     Raises:
-        ValueError: an unknown method or keyword, or no schema with method="json_schema".
+        ValueError: an unknown method or keyword, or no schema with method="json_schema" or
+            "function_calling".
     """
     if kwargs:
         raise ValueError(f"with_structured_output got unknown argument(s) {sorted(kwargs)}")
     if method not in _METHODS:
-        hint = " (STEER has no tool calling)" if method == "function_calling" else ""
-        raise ValueError(f"method must be one of {list(_METHODS)}, got {method!r}{hint}")
-    if schema is None and method == "json_schema":
-        raise ValueError("method='json_schema' needs a schema; use method='json_mode' for any JSON object")
-    constraint = json_schema_of(schema) if method == "json_schema" else ANY_OBJECT
+        raise ValueError(f"method must be one of {list(_METHODS)}, got {method!r}")
+    if schema is None and method != "json_mode":
+        raise ValueError(f"method={method!r} needs a schema; use method='json_mode' for any JSON object")
+    constraint = ANY_OBJECT if method == "json_mode" else json_schema_of(schema)
     bound: dict[str, Any] = {"constraint": constraint}
     if _is_chat(model) and schema is not None:
-        bound["ls_structured_output_format"] = {"kwargs": {"method": method}, "schema": _traceable(schema)}
+        traced = {"method": method, **({} if strict is None else {"strict": strict})}
+        bound["ls_structured_output_format"] = {"kwargs": traced, "schema": _traceable(schema)}
     llm = model.bind(**bound)
     parser = SteerJsonParser(target=schema)
     if not include_raw:
