@@ -13,11 +13,13 @@ Example:
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 from typing import Literal
 
 import torch
 
-__all__ = ["TINY_CORPUS", "tiny_tokenizer", "tiny_model", "tiny_lora_expert", "tiny_pair"]
+__all__ = ["TINY_CORPUS", "tiny_tokenizer", "tiny_model", "tiny_lora_expert", "tiny_pair", "save_tiny_pair"]
 
 TINY_CORPUS: tuple[str, ...] = (
     "Does dark matter shape the rotation curves of dwarf galaxies?",
@@ -136,3 +138,16 @@ def tiny_pair(arch: Literal["llama", "gpt2"] = "llama"):
     """(expert, base, tokenizer): two seeds of one tiny architecture sharing a vocabulary."""
     tok = tiny_tokenizer()
     return tiny_model(arch, tok, seed=1), tiny_model(arch, tok, seed=2), tok
+
+
+def save_tiny_pair(root: str | os.PathLike[str]) -> tuple[str, str]:
+    """(expert_dir, base_dir): `tiny_pair("llama")` saved under `root` as safetensors folders with
+    their tokenizer, so they load by path like real models."""
+    expert, base, tok = tiny_pair("llama")
+    dirs = []
+    for name, model in (("expert", expert), ("base", base)):
+        folder = Path(root) / name
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        dirs.append(str(folder))
+    return dirs[0], dirs[1]

@@ -21,8 +21,10 @@ request and decodes under a grammar, so the reply is well formed by construction
   constrained to the output headers in order, each value to its field's type as the adapter
   describes it in the prompt (`# note: the value you produce must ...`): `bool` -> `True`/`False`,
   `int`/`float` -> a number, `Literal`/`Enum` -> one of the choices, anything else with a JSON
-  schema (`list[str]`, pydantic models, ...) -> JSON of that schema; `str` fields -> text without
-  `[[` or blank lines. The reply ends with `[[ ## completed ## ]]`.
+  schema (`list[str]`, pydantic models, ...) -> JSON of that schema; `str` fields -> one line of text
+  without `[[` (a multi-line value let a small model, once it wrote a newline, only go on writing to
+  the value's token cap). One or two newlines before each header. The reply ends with
+  `[[ ## completed ## ]]`.
 - `FieldByFieldAdapter` (the request ends with an assistant prefill ending in a field's header):
   the value of that field, constrained to its type (text fields stay free: the adapter's stops end
   them).
@@ -62,7 +64,7 @@ _VALUE_NOTE = re.compile(r"^\[\[ ## (\w+) ## \]\]\n\{\1\}(?: {8}# note: the valu
 _PREFILL_HEADER = re.compile(r"\[\[ ## (\w+) ## \]\]\n$")
 _INT = r"/-?(0|[1-9][0-9]{0,8})/"
 _FLOAT = r"/-?(0|[1-9][0-9]{0,8})(\.[0-9]{1,6})?/"
-_TEXT = r"/[^\[\s]([^\[\n]|\[[^\[\n]|\n[^\[\n])*/"
+_TEXT = r"/[^\[\s]([^\[\n]|\[[^\[\n])*/"
 #: Worst-case tokens of a typed value (a token is at least one byte).
 _TYPED_COST = {"bool": 5, "int": 10, "float": 17}
 
@@ -185,12 +187,19 @@ def layout_grammar(fields: list[FieldSpec], max_new_tokens: int, count_tokens: A
     fixed += sum(_typed_cost(f) for f in fields)
     free = [f for f in fields if f.kind in ("text", "json")]
     share = max(1, (max_new_tokens - fixed) // max(1, len(free)))
-    lines = [
-        "start: " + " ".join(f"{json.dumps(h)} v{i}" for i, h in enumerate(headers)) + f" {json.dumps(tail)}"
-    ]
-    for i, f in enumerate(fields):
-        lines.append(f"v{i}{value_rule(f, share)}")
-    return "\n".join(lines) + "\n"
+    lines = [f"v{i}{value_rule(f, share)}" for i, f in enumerate(fields)]
+    # After a value, one or two newlines, then the next header: ChatAdapter.parse reads headers line by
+    # line, so "\n[[ ## next" parses like "\n\n[[ ## next", and a model that writes one newline is
+    # not trapped in the value (a text value is one line, so its greedy lexeme ends at the newline).
+    seps = [f"/\\n\\n?{_lark_escape(h.lstrip(chr(10)))}/" for h in [*headers[1:], tail]]
+    body = " ".join(f"v{i} {sep}" for i, sep in enumerate(seps))
+    return "\n".join([f"start: {json.dumps(headers[0])} {body}", *lines]) + "\n"
+
+
+def _lark_escape(literal: str) -> str:
+    """`literal` as the body of a lark `/regex/` (headers hold brackets, spaces, `#`, word characters
+    and newlines)."""
+    return literal.replace("[", "\\[").replace("]", "\\]").replace("\n", "\\n")
 
 
 def value_grammar(field: FieldSpec, max_new_tokens: int) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from steer_plugins.testing import tiny_model, tiny_tokenizer
+from steer_plugins.testing import save_tiny_pair
 
 TOPICS = ["comets", "pulsars", "quasars", "nebulae", "exoplanets", "black holes", "meteors", "galaxies"]
 
@@ -12,14 +12,7 @@ TOPICS = ["comets", "pulsars", "quasars", "nebulae", "exoplanets", "black holes"
 @pytest.fixture(scope="session")
 def tiny_folders(tmp_path_factory):
     """(expert_dir, base_dir): two seeds of a tiny Llama sharing one tokenizer, saved with save_pretrained."""
-    root = tmp_path_factory.mktemp("tiny-models")
-    tok = tiny_tokenizer()
-    dirs = []
-    for name, seed in (("expert", 1), ("base", 2)):
-        tiny_model("llama", tok, seed=seed).save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-        dirs.append(str(root / name))
-    return tuple(dirs)
+    return save_tiny_pair(tmp_path_factory.mktemp("tiny-models"))
 
 
 @pytest.fixture

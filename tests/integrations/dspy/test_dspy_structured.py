@@ -9,7 +9,7 @@ import dspy
 import pydantic
 import pytest
 from dspy_steer import FieldByFieldAdapter, steer_lm
-from dspy_steer.structured import chat_layout, field_spec
+from dspy_steer.structured import chat_layout, field_spec, layout_grammar
 
 
 class Item(pydantic.BaseModel):
@@ -116,3 +116,32 @@ def test_layout_reading():
     ]
     assert field_spec("x", "must exactly match (no extra characters) one of: a; b").choices == ("a", "b")
     assert chat_layout("plain system prompt", user) is None
+
+
+def test_text_value_ends_at_one_newline(tiny_tok):
+    """A text value is one line; after its newline the grammar allows only the next header (with one
+    or two newlines before it), so a model that writes one newline is not trapped in the value."""
+    import torch
+
+    from steer_plugins.core.grammar import compile_grammar
+
+    fields = [field_spec("question", None), field_spec("difficulty", "must be a single int value")]
+    grammar = compile_grammar({"lark": layout_grammar(fields, 160)})
+
+    def walk(text: str):
+        """(allowed next strings, finished) after `text`; None when a token of `text` is refused."""
+        constraint = grammar.start(tiny_tok, [tiny_tok.eos_token_id], 160)
+        for t in tiny_tok(text, add_special_tokens=False)["input_ids"]:
+            if not constraint.allowed_mask(len(tiny_tok), torch.device("cpu"))[t]:
+                return None
+            constraint.advance(t)
+        mask = constraint.allowed_mask(len(tiny_tok), torch.device("cpu"))
+        return [tiny_tok.decode([i]) for i in torch.nonzero(mask).flatten().tolist()], constraint.is_finished
+
+    after_newline, _ = walk("[[ ## question ## ]]\nWhy do stars die?\n")
+    assert after_newline and all(s[0] in "\n[" for s in after_newline), after_newline
+    for sep in ("\n", "\n\n"):
+        reply = f"[[ ## question ## ]]\nWhy?{sep}[[ ## difficulty ## ]]\n3{sep}[[ ## completed ## ]]"
+        assert walk(reply)[1], repr(reply)
+        parsed = dspy.ChatAdapter().parse(dspy.Signature("topic -> question: str, difficulty: int"), reply)
+        assert parsed == {"question": "Why?", "difficulty": 3}

@@ -10,6 +10,7 @@ from langchain_core.exceptions import OutputParserException
 from langchain_steer import ChatSteer, SteerLLM
 from langchain_steer.structured import SteerJsonParser, structured_output
 from pydantic import BaseModel, Field
+from pydantic import v1 as pydantic_v1
 from typing_extensions import TypedDict
 
 
@@ -121,10 +122,44 @@ def test_stream_and_async(chat):
 
 
 def test_bad_method_and_schema(chat):
-    with pytest.raises(ValueError, match="tool calling"):
-        chat.with_structured_output(Question, method="function_calling")
-    with pytest.raises(ValueError, match="json_mode"):
-        chat.with_structured_output(None)
+    with pytest.raises(ValueError, match="method must be one of"):
+        chat.with_structured_output(Question, method="tools")
+    for method in ("json_schema", "function_calling"):
+        with pytest.raises(ValueError, match="json_mode"):
+            chat.with_structured_output(None, method=method)
+
+
+def test_function_calling_and_strict_decode_as_json_schema(chat):
+    """STEER has no tool calls; "function_calling" (any `strict`) decodes the arguments' JSON directly."""
+    expected = chat.with_structured_output(Question).invoke("Write one.", seed=1)
+    for strict in (None, False, True):
+        structured = chat.with_structured_output(Question, method="function_calling", strict=strict)
+        assert structured.invoke("Write one.", seed=1) == expected
+
+
+class Short(pydantic_v1.BaseModel):
+    """A pydantic.v1 model (LangChain still accepts them)."""
+
+    code: str = pydantic_v1.Field(max_length=3)
+    n: int = pydantic_v1.Field(ge=0, le=9)
+
+
+class Note(TypedDict):
+    """LangChain's TypedDict convention: Annotated[type, default, description]; a default makes a key optional."""
+
+    n: Annotated[int, ..., "a count"]
+    flag: Annotated[bool, False, "optional"]
+
+
+def test_pydantic_v1_langchain_typeddict_and_tool_dicts(chat):
+    assert isinstance(chat.with_structured_output(Short).invoke("x", seed=0), Short)
+    note = chat.with_structured_output(Note).invoke("x", seed=0)
+    assert isinstance(note["n"], int) and set(note) <= {"n", "flag"}
+    params = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    openai_tool = {"type": "function", "function": {"name": "count", "parameters": params}}
+    anthropic_tool = {"name": "count", "description": "A count.", "input_schema": params}
+    for tool in (openai_tool, anthropic_tool):
+        assert set(chat.with_structured_output(tool).invoke("x", seed=0)) == {"n"}
 
 
 def test_steer_llm_schema_option(tiny_engine):
