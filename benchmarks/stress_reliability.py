@@ -88,22 +88,19 @@ def good_request(rng: random.Random) -> dict[str, Any]:
     kw.update(rng.choice([{}, {"top_k": 5}, {"top_p": 0.9, "top_k": None}, {"temperature": 0.7}]))
     if rng.random() < 0.3:
         kw["stop"] = [rng.choice(["e", " a", "the"])]
+    prompts = rng.sample(PROMPTS, rng.randint(1, 3))
     if rng.random() < 0.3:
-        kw["negatives"] = [["Do stars die?", "What is a comet?"]]
+        kw["negatives"] = [["Do stars die?", "What is a comet?"]] * len(prompts)
     if rng.random() < 0.2:
         kw["ignore_eos"] = True
-    return {
-        "prompts": rng.sample(PROMPTS, rng.randint(1, 3)),
-        "kw": kw,
-        "via": rng.choice(["gen", "stream", "agen"]),
-    }
+    return {"prompts": prompts, "kw": kw, "via": rng.choice(["gen", "stream", "agen"])}
 
 
 def run(engine: SteerEngine, req: dict[str, Any]) -> list[list[int]]:
     prompts, kw = req["prompts"], req["kw"]
     if req["via"] == "stream":
-        done = [ev.result for ev in engine.stream(prompts, **kw) if ev.result is not None]
-        done.sort(key=lambda r: r.index)
+        finals = sorted((ev.index, ev.result) for ev in engine.stream(prompts, **kw) if ev.result is not None)
+        done = [r for _, r in finals]
     elif req["via"] == "agen":
         done = asyncio.run(engine.agenerate(prompts, **kw))
     else:
