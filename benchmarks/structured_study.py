@@ -196,13 +196,15 @@ def fields(args: argparse.Namespace) -> dict[str, Any]:
     from steer_plugins.apps.cli._common import DEFAULT_EXPERT
 
     prompt_text = "Write a research hypothesis in astronomy as a JSON record: a question, its field, a difficulty (1-5), and whether it needs observations."
-    out: dict[str, Any] = {"n": args.n, "seed": args.seed}
+    out: dict[str, Any] = {"n": args.n, "seed": args.seed, "K": args.k}
     default = SteerConfig()
     for label, kw in (
         (f"STEER defaults (γ={default.gamma}, η={default.eta})", {}),
         ("plain (γ=η=0)", {"gamma": 0.0, "eta": 0.0}),
     ):
-        engine = SteerEngine(DEFAULT_EXPERT, config=SteerConfig(max_new_tokens=args.max_new_tokens))
+        engine = SteerEngine(
+            DEFAULT_EXPERT, config=SteerConfig(max_new_tokens=args.max_new_tokens, num_negatives=args.k)
+        )
         prompt = engine.apply_chat_template([{"role": "user", "content": prompt_text}])
         out[label] = field_run(engine, prompt, args.n, args.seed, **kw)
         print(label, json.dumps(out[label], ensure_ascii=False), flush=True)
@@ -221,6 +223,9 @@ def main() -> None:
     fp.add_argument("--n", type=int, default=64)
     fp.add_argument("--max-new-tokens", type=int, default=96)
     fp.add_argument("--seed", type=int, default=0)
+    fp.add_argument(
+        "--k", type=int, default=4, help="negatives per row (the pool holds only earlier records)"
+    )
     for p in (pp, fp):
         p.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
