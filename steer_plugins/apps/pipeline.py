@@ -211,10 +211,15 @@ class _Run:
     def __post_init__(self) -> None:
         if self.schema is not None:
             self.call["constraint"] = self.schema
-        if self.filters:
-            self.call["add_to_pool"] = False  # kept rows join the pool in `chunk`, dropped ones never
-        elif self.grow is not None:
-            self.call["add_to_pool"] = self.grow
+        # Kept rows join the pool in `chunk`, after their chunk and in row order, as the text the
+        # file holds; `_resume` adds a file's rows the same way, so a resumed run draws the negatives
+        # an uninterrupted one would (the engine's own add_to_pool adds rows as they finish, raw).
+        self.call["add_to_pool"] = False
+
+    @property
+    def joins(self) -> bool:
+        """Kept rows join the pool: `grow` when set, else the engine's rule (the pool holds real examples)."""
+        return self.target.num_real > 0 if self.grow is None else bool(self.grow)
 
     @property
     def filters(self) -> bool:
@@ -252,15 +257,10 @@ class _Run:
             kw["base_prompts"] = [self.base_prompt] * size
         results = self.engine.generate(prompts, progress=False, **kw)
         got = _Chunk(tokens=sum(r.completion_tokens for r in results))
-        rows, kept_texts = [], []
-        for prompt, result in zip(prompts, results, strict=True):
-            row = self._make_row(result, prompt, got)
-            if row is not None:
-                rows.append(row)
-                kept_texts.append(result.text)
+        rows = [row for p, r in zip(prompts, results, strict=True) if (row := self._make_row(r, p, got))]
         got.kept = len(rows)
-        if self.filters and (self.target.num_real > 0 if self.grow is None else self.grow):
-            self.target.add(kept_texts)
+        if self.joins:
+            self.target.add([row[self.text_key] for row in rows])
         append_jsonl(self.jsonl, rows)
         return got
 
@@ -308,7 +308,7 @@ def generate_to_file(
     """Generate `n` rows from `prompt` into `out` (`.jsonl` or `.parquet`), resuming if rows exist.
 
     Args:
-        engine: a `SteerEngine` (its pool seeds the negatives; outputs join it as they are made).
+        engine: a `SteerEngine` (its pool seeds the negatives; kept rows join it after each chunk).
         prompt: the instruction prompt, the same for every row; or a list of prompts, draw i from
             prompt i mod len (each row then records its `prompt`).
         n: rows wanted in the file in total (rows already there count).
@@ -375,7 +375,8 @@ def _resume(run: _Run, out: Path, record: Mapping[str, Any], overwrite: bool) ->
     counts = check_record(out, len(rows), record)
     existing = _texts_of(rows, run.jsonl, run.text_key)
     if existing:
-        run.target.add(existing)
+        if run.joins:
+            run.target.add(existing)
         if run.dedup is not None:
             run.dedup.add(existing)
     write_meta(out, record, {**counts, "rows": len(existing)})

@@ -82,8 +82,9 @@ def test_interrupted_generate_resumes_without_losing_rows(tmp_path, gen_args, mo
     rows = _rows(out)
     assert len(rows) == 6 and rows[:2] == first
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == 2
-    # same seeds per row as the uninterrupted run
-    assert [r["seed"] for r in rows] == [r["seed"] for r in _rows(full)]
+    # the same rows as the uninterrupted run: same seeds, and the same texts (the pool a resumed run
+    # draws negatives from holds what the uninterrupted one held at that point, in the same order)
+    assert [(r["seed"], r["text"]) for r in rows] == [(r["seed"], r["text"]) for r in _rows(full)]
     # already complete: nothing to do
     assert main(["generate", *gen_args, "--n", "6", "--out", str(out)]) == 0
     assert len(_rows(out)) == 6
@@ -302,3 +303,16 @@ def test_quiet_loading_silences_loading_bars_and_future_warnings_then_restores_t
         warnings.warn("after", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["after"]
     assert gguf.tqdm is original and hf_logging.is_progress_bar_enabled()
+
+
+def test_resumed_run_without_real_pool_matches_uninterrupted(tmp_path, tiny_model_dir, capsys):
+    """With no real examples the run's outputs never join the pool, so a resumed run must not add the
+    rows already written either (it did, which turned negative prompting on after the restart)."""
+    args = ["--expert", tiny_model_dir, "--prompt", "Write a question:", "--max-new-tokens", "8",
+            "--num-negatives", "2", "--seed", "3", "--quiet", "--chunk-size", "2"]  # fmt: skip
+    full, part = tmp_path / "full.jsonl", tmp_path / "part.jsonl"
+    assert main(["generate", *args, "--n", "6", "--out", str(full)]) == 0
+    assert main(["generate", *args, "--n", "2", "--out", str(part)]) == 0
+    assert main(["generate", *args, "--n", "6", "--out", str(part)]) == 0  # resumes after 2 rows
+    capsys.readouterr()
+    assert [(r["seed"], r["text"]) for r in _rows(part)] == [(r["seed"], r["text"]) for r in _rows(full)]
