@@ -70,6 +70,15 @@ def methods() -> list[tuple[str, str, dict]]:
     out += [("γ0.2 η1.5 (no mask)", "expert", steer(0.2, 1.5))]
     grid = [(g, e) for g in (0.0, 0.4, 0.8) for e in (0.0, 0.4, 0.8) if (g, e) != (0.0, 0.0)]
     out += [(f"γ{g:g} η{e:g}", "expert", steer(g, e)) for g, e in grid]
+    # whole_words: steer only where a word starts (the expert spells each word)
+    out += [
+        (
+            f"γ0.2 η{e:g}{'' if a is None else f' α{a:g}'} words",
+            "expert",
+            steer(0.2, e, alpha=a, whole_words=True),
+        )
+        for e, a in ((0.6, None), (1.0, None), (1.0, 0.05), (1.5, 0.05), (0.6, 0.05))
+    ]
     return out
 
 

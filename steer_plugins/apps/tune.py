@@ -47,6 +47,8 @@ __all__ = [
     "DEFAULT_GAMMAS",
     "DEFAULT_ETAS",
     "DEFAULT_ALPHAS",
+    "DEFAULT_WHOLE_WORDS",
+    "SEARCHED_FIELDS",
     "meets_budget",
     "best_setting",
     "initial_grid",
@@ -62,6 +64,7 @@ DEFAULT_ETAS = (0.6, 1.0, 1.5)
 DEFAULT_ALPHAS: tuple[float | None, ...] = (0.1,)
 """The default grid: 6 settings. Without the head mask, η >= 0.8 collapses into invented words (the
 quality study); `--alphas none,0.1` adds the unmasked settings."""
+DEFAULT_WHOLE_WORDS: tuple[bool, ...] = (False,)
 ANCHOR = "anchor γ0 η0"
 
 
@@ -86,27 +89,33 @@ class Budget:
 
 @dataclass(frozen=True)
 class Setting:
-    """One point of the search: γ, η and the head mask α (None = off)."""
+    """One point of the search: γ, η, the head mask α (None = off) and `whole_words`."""
 
     gamma: float
     eta: float
     alpha: float | None = None
+    whole_words: bool = False
 
     @property
     def name(self) -> str:
-        """`γ0.2 η1 α0.1` (no α part when the mask is off)."""
+        """`γ0.2 η1 α0.1` (no α part when the mask is off, ` words` with `whole_words`)."""
         mask = "" if self.alpha is None else f" α{self.alpha:g}"
-        return f"γ{self.gamma:g} η{self.eta:g}{mask}"
+        return f"γ{self.gamma:g} η{self.eta:g}{mask}{' words' if self.whole_words else ''}"
 
     @property
     def slug(self) -> str:
-        """File stem: `g0.2_e1_a0.1`."""
+        """File stem: `g0.2_e1_a0.1` (`_w` with `whole_words`)."""
         mask = "" if self.alpha is None else f"_a{self.alpha:g}"
-        return f"g{self.gamma:g}_e{self.eta:g}{mask}"
+        return f"g{self.gamma:g}_e{self.eta:g}{mask}{'_w' if self.whole_words else ''}"
 
     def overrides(self) -> dict[str, Any]:
         """The `SteerConfig` fields of this setting."""
-        return {"gamma": self.gamma, "eta": self.eta, "alpha": self.alpha}
+        return {"gamma": self.gamma, "eta": self.eta, "alpha": self.alpha, "whole_words": self.whole_words}
+
+
+SEARCHED_FIELDS = ("gamma", "eta", "alpha", "whole_words")
+"""The `SteerConfig` fields a setting decides; the anchor is γ = η = 0 with the rest off."""
+ANCHOR_OVERRIDES: dict[str, Any] = {"gamma": 0.0, "eta": 0.0, "alpha": None, "whole_words": False}
 
 
 def meets_budget(row: Mapping[str, Any], anchor: Mapping[str, Any], budget: Budget) -> list[str]:
@@ -139,9 +148,17 @@ def initial_grid(
     gammas: Sequence[float] = DEFAULT_GAMMAS,
     etas: Sequence[float] = DEFAULT_ETAS,
     alphas: Sequence[float | None] = DEFAULT_ALPHAS,
+    whole_words: Sequence[bool] = DEFAULT_WHOLE_WORDS,
 ) -> list[Setting]:
-    """Every (γ, η, α) of the grid, η > 0 (η = 0 with γ = 0 is the anchor itself)."""
-    return [Setting(g, e, a) for a in alphas for g in gammas for e in etas if e > 0 or g > 0]
+    """Every (γ, η, α, whole_words) of the grid, η > 0 or γ > 0 (γ = η = 0 is the anchor itself)."""
+    return [
+        Setting(g, e, a, w)
+        for w in whole_words
+        for a in alphas
+        for g in gammas
+        for e in etas
+        if e > 0 or g > 0
+    ]
 
 
 def refine_points(best: Setting, *, step_gamma: float = 0.2, step_eta: float = 0.2) -> list[Setting]:
@@ -150,7 +167,7 @@ def refine_points(best: Setting, *, step_gamma: float = 0.2, step_eta: float = 0
     for dg, de in ((-step_gamma, 0), (step_gamma, 0), (0, -step_eta), (0, step_eta)):
         g, e = round(best.gamma + dg, 2), round(best.eta + de, 2)
         if g >= 0 and e > 0:
-            out.append(Setting(g, e, best.alpha))
+            out.append(Setting(g, e, best.alpha, best.whole_words))
     return out
 
 
@@ -229,7 +246,7 @@ def _try(run: _Run, setting: Setting | None) -> dict[str, Any]:
 
     slug = "anchor" if setting is None else setting.slug
     path = run.out / "settings" / f"{slug}.jsonl"
-    overrides = {"gamma": 0.0, "eta": 0.0, "alpha": None} if setting is None else setting.overrides()
+    overrides = dict(ANCHOR_OVERRIDES) if setting is None else setting.overrides()
     pool = NegativePool(run.pool, seed=run.seed)
     stats = generate_to_file(
         run.engine, run.prompt, run.n, path, pool=pool, seed=run.seed, close_with=run.close_with, **overrides
@@ -282,7 +299,7 @@ def _write_outputs(
         }
     winner_name = best_setting({k: v for k, v in rows.items() if k != ANCHOR}, run.budget)
     winner = next((s for s in tried if s.name == winner_name), None)
-    chosen = winner.overrides() if winner else {"gamma": 0.0, "eta": 0.0, "alpha": None}
+    chosen = winner.overrides() if winner else dict(ANCHOR_OVERRIDES)
     recipe = {**settings, "config": {**settings.get("config", {}), **chosen}}
     recipe_path = run.out / RECIPE_NAME
     recipe_path.write_text(json.dumps(recipe, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

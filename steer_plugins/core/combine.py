@@ -11,7 +11,7 @@ import math
 
 import torch
 
-__all__ = ["combine", "head_mask", "guard_non_finite"]
+__all__ = ["combine", "head_mask", "guard_non_finite", "continuation_tokens"]
 
 
 def head_mask(head_logprobs: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
@@ -30,12 +30,35 @@ def head_mask(head_logprobs: torch.Tensor, alpha: float | torch.Tensor) -> torch
     return keep | torch.isnan(threshold)
 
 
+_SPACE_MARKERS = frozenset("Ġ▁Ċĉ")
+"""Leading characters that mean "space, newline or tab before this token" (byte-level BPE: Ġ Ċ ĉ;
+SentencePiece: ▁). Ġ and Ċ are letters to `str.isalnum`, so they are checked first."""
+
+
+def continuation_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
+    """`(vocab_size,)` bool: True for tokens that continue the word before them (their text starts
+    with a letter or digit, no leading space marker). Byte-level BPE marks a leading space with "Ġ",
+    SentencePiece with "▁"; neither is alphanumeric. Ids past the tokenizer's vocabulary are False.
+
+    Example:
+        >>> class Tok:  # a GPT-2 style vocabulary: "Ġsuper", "nova", "?"
+        ...     def convert_ids_to_tokens(self, ids): return ["Ġsuper", "nova", "?"][: len(ids)]
+        >>> continuation_tokens(Tok(), 4).tolist()
+        [False, True, False, False]
+    """
+    names = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
+    flags = [isinstance(n, str) and n[:1] not in _SPACE_MARKERS and n[:1].isalnum() for n in names]
+    return torch.tensor(flags + [False] * (vocab_size - len(names)))
+
+
 def combine(
     branch_logprobs: torch.Tensor,
     weights: torch.Tensor,
     *,
     alpha: float | torch.Tensor | None = None,
     head_index: int = 0,
+    continuation: torch.Tensor | None = None,
+    whole_words: torch.Tensor | bool = False,
 ) -> torch.Tensor:
     """s = Σᵢ wᵢ·ℓᵢ over branches, optionally restricted to the head branch's plausible tokens.
 
@@ -45,6 +68,12 @@ def combine(
             entirely (even where that branch is −inf), which is how absent branches are padded.
         alpha: plausibility head mask (see `head_mask`); None = off, as in the paper.
         head_index: which branch is the head (the expert on the prompt).
+        continuation: `(vocab,)` bool of word-continuing tokens (`continuation_tokens`); needed
+            with `whole_words`.
+        whole_words: a bool or a `(num_prompts,)` bool tensor. Where set, a step whose head-branch
+            favourite token continues a word (mid-word) takes the head's log-probs alone: the
+            guidance and the negatives choose words, the expert spells them. Steering inside a word
+            is what fuses made-up words ("supernovova"); the quality study measures it.
 
     Returns:
         `(num_prompts, vocab)` fp32 scores, not renormalised; masked tokens are −inf.
@@ -77,6 +106,13 @@ def combine(
     else:
         terms = torch.where(active.unsqueeze(-1), w.unsqueeze(-1) * lp, torch.zeros((), device=lp.device))
         scores = terms.sum(dim=1)
+    if continuation is not None and (torch.is_tensor(whole_words) or whole_words):
+        head = lp[:, head_index]
+        mid = continuation.to(head.device)[head.argmax(-1)]
+        if torch.is_tensor(whole_words):
+            mid = mid & whole_words.to(mid.device)
+        if bool(mid.any()):
+            scores = torch.where(mid.unsqueeze(-1), head, scores)
     if alpha is not None and not (isinstance(alpha, float) and math.isnan(alpha)):
         scores = scores.masked_fill(~head_mask(lp[:, head_index], alpha), float("-inf"))
     return scores

@@ -82,6 +82,12 @@ class SteerConfig(BaseModel):
         description="Plausibility head mask: keep tokens with p_FT >= alpha * max p_FT (Li et al. 2022). "
         "None = off (the paper).",
     )
+    whole_words: bool = Field(
+        False,
+        description="Steer only where a word starts: at a step whose most likely expert token continues "
+        "the current word, sample from the expert alone (guidance and negatives pick words, the expert "
+        "spells them). False = every step steered (the paper).",
+    )
     temperature: float = Field(1.0, description="Sampling temperature; 0 = greedy.")
     top_k: int | None = Field(DEFAULT_TOP_K, description="Keep the k best tokens; None = off.")
     top_p: float | None = Field(None, description="Nucleus filter; None = off.")
@@ -244,6 +250,7 @@ register_preset(
     num_negatives=10,
     form="paper",
     alpha=None,
+    whole_words=False,
     top_k=10,
     top_p=None,
     min_p=None,

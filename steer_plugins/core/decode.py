@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .combine import combine, guard_non_finite
+from .combine import combine, continuation_tokens, guard_non_finite
 from .config import BranchWeights
 from .constraints import Constraint, apply_constraints, parsed_output
 from .jobs import PromptJob
@@ -187,6 +187,7 @@ class _StepPlan:
     idx: torch.Tensor
     weights: torch.Tensor
     alpha: torch.Tensor | None
+    whole_words: torch.Tensor | None  # (prompts,) bool, None when no prompt asks for it
     samplers: list[tuple[Sampler, torch.Tensor, list[int]]]
     constrained: list[tuple[int, Constraint]]  # (position, constraint) of constrained prompts
 
@@ -221,6 +222,7 @@ class Decoder:
         self._cancelled: set[int] = set()
         self._plan: _StepPlan | None = None
         self._samplers: dict[tuple, Sampler] = {}
+        self._continues: torch.Tensor | None = None
 
     @property
     def active(self) -> list[int]:
@@ -282,6 +284,8 @@ class Decoder:
             if all(a is None for a in alphas)
             else torch.tensor([math.nan if a is None else a for a in alphas], device=self.device)
         )
+        words = [self._states[j].job.config.whole_words for j in active]
+        whole_words = torch.tensor(words, device=self.device) if any(words) else None
         by_key: dict[tuple, list[int]] = {}
         for p, j in enumerate(active):
             c = self._states[j].job.config
@@ -300,7 +304,7 @@ class Decoder:
             for p, j in enumerate(active)
             if self._states[j].job.constraint is not None
         ]
-        self._plan = _StepPlan(active, idx, weights, alpha, samplers, constrained)
+        self._plan = _StepPlan(active, idx, weights, alpha, whole_words, samplers, constrained)
         return self._plan
 
     def _combine(self, plan: _StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,10 +312,20 @@ class Decoder:
         # unchanged by a constant per row (the sum is renormalised, α compares with the head's max).
         outs = self._outputs
         branch_lp = (outs[0] if len(outs) == 1 else torch.cat(outs))[plan.idx]  # (prompts, branches, vocab)
-        scores = combine(branch_lp, plan.weights, alpha=plan.alpha)
+        words = plan.whole_words
+        continuation = self._continuation(branch_lp.shape[-1]) if words is not None else None
+        scores = combine(
+            branch_lp, plan.weights, alpha=plan.alpha, continuation=continuation, whole_words=words
+        )
         scores, fallback = apply_constraints(scores, branch_lp[:, 0], plan.constrained)
         scores, fell_back = guard_non_finite(scores, fallback)
         return scores.log_softmax(-1), fell_back
+
+    def _continuation(self, vocab: int) -> torch.Tensor:
+        """The word-continuing tokens of the expert's vocabulary (`combine.continuation_tokens`), once."""
+        if self._continues is None or len(self._continues) != vocab:
+            self._continues = continuation_tokens(self.models.tokenizer, vocab).to(self.device)
+        return self._continues
 
     def _sample(self, plan: _StepPlan, scores: torch.Tensor) -> list[int]:
         tokens = torch.empty(len(plan.active), dtype=torch.long, device=self.device)

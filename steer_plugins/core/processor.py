@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-from .combine import combine, guard_non_finite
+from .combine import combine, continuation_tokens, guard_non_finite
 from .decode import head_weight
 from .jobs import draw_negatives, negative_contexts
 from .rows import RowBatch
@@ -59,6 +59,7 @@ class SteerLogitsProcessor(LogitsProcessor):
         self._base: RowBatch | None = None
         self._neg: RowBatch | None = None
         self._started = False
+        self._continues: torch.Tensor | None = None
 
     def _contexts(self, input_ids: torch.Tensor) -> list[list[int]]:
         if self.prompt_attention_mask is not None:
@@ -98,7 +99,18 @@ class SteerLogitsProcessor(LogitsProcessor):
         if neg_lp is not None:
             branches.append(neg_lp.to(head.device))
             weights.append(self.weights.negative)
-        combined = combine(torch.stack(branches, dim=1), torch.tensor(weights), alpha=self.config.alpha)
+        continuation = None
+        if self.config.whole_words:
+            if self._continues is None or len(self._continues) != head.shape[-1]:
+                self._continues = continuation_tokens(self.models.tokenizer, head.shape[-1])
+            continuation = self._continues
+        combined = combine(
+            torch.stack(branches, dim=1),
+            torch.tensor(weights),
+            alpha=self.config.alpha,
+            continuation=continuation,
+            whole_words=self.config.whole_words,
+        )
         combined, fell_back = guard_non_finite(combined, head)
         self.fallback_steps += int(fell_back.sum())
         return combined.log_softmax(-1).to(scores.dtype)

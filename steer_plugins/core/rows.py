@@ -15,7 +15,9 @@ transformers' own attention over one left-padded `DynamicCache` (always correct,
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -33,6 +35,18 @@ __all__ = ["RowBatch", "UnmergeableCache", "forward_keywords"]
 
 ROW_SCALED_LORA = True  # route expert/base rows of a LoRA expert by per-row LoRA scaling (see below)
 PREFILL_CHUNK_TOKENS = 4096  # tokens per prefill forward with row attention (caps activation memory)
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX). Without it, PyTorch's bf16
+    matmul is emulated: 5.5x slower than fp32 on this project's AVX2 machine (benchmarks.md)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def forward_keywords(model: torch.nn.Module) -> tuple[str, bool]:
@@ -122,6 +136,13 @@ class RowBatch:
         self.device, self.dtype = param.device, param.dtype
         self.rows_mode = supports_row_attention(model) if row_attention is None else row_attention
         self.prefill_dtype = prefill_dtype if self.rows_mode else None
+        if self.prefill_dtype == torch.bfloat16 and self.device.type == "cpu" and not cpu_has_native_bf16():
+            warnings.warn(
+                "bf16 prefill on a CPU without AVX-512 BF16 or AMX is emulated and several times slower "
+                "than fp32: leave prefill_dtype unset on this machine",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self.reduced_rows = list(reduced_rows) if reduced_rows is not None else None
         self._cache_kw, self._keep_kw = forward_keywords(model)
         self.cache = None

@@ -146,3 +146,36 @@ def test_config_roundtrip_merge_and_presets():
     assert SteerConfig.preset("expert").branch_weights().negative == 0
     with pytest.raises(ValueError, match="unknown preset"):
         SteerConfig.preset("nope")
+
+
+def test_whole_words_leaves_mid_word_steps_to_the_expert():
+    # vocab: 0 "Ġsuper", 1 "nova", 2 "?" ; prompt 0's head favours 1 (a continuation), prompt 1's favours 0
+    continuation = torch.tensor([False, True, False])
+    head = torch.stack([lp(0.2, 0.7, 0.1), lp(0.7, 0.2, 0.1)])
+    neg = torch.stack([lp(0.1, 0.8, 0.1), lp(0.8, 0.1, 0.1)])
+    branches, w = torch.stack([head, neg], dim=1), torch.tensor([1.0, -1.5])
+    steered = combine(branches, w)
+    out = combine(branches, w, continuation=continuation, whole_words=True)
+    assert torch.equal(out[0], head[0])  # mid-word: the expert alone
+    assert torch.equal(out[1], steered[1])  # a word starts: steered as usual
+    assert steered[0].argmax() != 1  # without the guard the negatives would break the word
+    per_prompt = combine(branches, w, continuation=continuation, whole_words=torch.tensor([False, True]))
+    assert torch.equal(per_prompt, steered)  # prompt 0 did not ask for it
+    masked = combine(branches, w, alpha=0.5, continuation=continuation, whole_words=True)
+    assert torch.isneginf(masked[0, [0, 2]]).all() and masked[0, 1] == head[0, 1]  # α still applies
+
+
+def test_continuation_tokens_read_the_space_markers(tiny_tok):
+    from steer_plugins.core.combine import continuation_tokens
+
+    flags = continuation_tokens(tiny_tok, len(tiny_tok) + 3)
+    assert flags[len(tiny_tok) :].tolist() == [False] * 3  # padded vocabulary rows
+    starts, inside = [], []
+    for word in ("steering", "negatives", "hypothesis"):
+        ids = tiny_tok(" " + word, add_special_tokens=False)["input_ids"]
+        assert len(ids) > 1, word  # the tiny vocabulary splits these words
+        starts.append(bool(flags[ids[0]]))  # "Ġ..." starts a word
+        inside += [bool(flags[i]) for i in ids[1:]]  # the rest continue it
+    assert starts == [False] * 3 and all(inside)
+    for text in ("?", ",", "\n"):
+        assert not flags[tiny_tok(text, add_special_tokens=False)["input_ids"][0]]

@@ -20,10 +20,8 @@ EPILOG = """example:
   steer demo --n 16 --threads 1
 """
 DEMO_N = 8
-DEMO_MAX_NEW_TOKENS = 32
+DEMO_MAX_NEW_TOKENS = 48
 DEMO_THREADS = 1
-DEMO_GAMMA = 0.2
-DEMO_ETA = 0.6
 _WIDTH = 58
 """Characters per column of the side-by-side listing."""
 
@@ -61,8 +59,18 @@ def _closed(results: list[Any]) -> list[str]:
     return [r.text.strip() + ("?" if r.finish_reason == "stop" else "") for r in results]
 
 
-def _print_side_by_side(a: list[str], b: list[str]) -> None:
-    print(f"\n{f'STEER (γ={DEMO_GAMMA}, η={DEMO_ETA})':<{_WIDTH}} | plain expert sampling (γ=η=0)")
+def _describe(config: Any) -> str:
+    """`γ=0.2, η=0.6, α=0.1, whole words`: the steering fields of `config` that are on."""
+    parts = [f"γ={config.gamma:g}", f"η={config.eta:g}"]
+    if config.alpha is not None:
+        parts.append(f"α={config.alpha:g}")
+    if config.whole_words:
+        parts.append("whole words")
+    return ", ".join(parts)
+
+
+def _print_side_by_side(a: list[str], b: list[str], label: str) -> None:
+    print(f"\n{f'STEER ({label})':<{_WIDTH}} | plain expert sampling (γ=η=0)")
     print("-" * _WIDTH + "-+-" + "-" * _WIDTH)
     for i, (x, y) in enumerate(zip(a, b, strict=True)):
         left = textwrap.wrap(f"{i + 1}. {x}", _WIDTH) or [""]
@@ -104,10 +112,11 @@ def run(args: argparse.Namespace) -> int:
     log(f"loaded in {time.perf_counter() - t0:.0f} s; prompt: {prompt!r}")
     try:
         t1 = time.perf_counter()
-        log(f"STEER (gamma={DEMO_GAMMA}, eta={DEMO_ETA}, K=10, top-k 10): {args.n} hypotheses")
-        steer = engine.generate(
-            [prompt] * args.n, progress=True, seed=args.seed, gamma=DEMO_GAMMA, eta=DEMO_ETA
+        label = _describe(config)
+        log(
+            f"STEER with the default settings ({label}, K={config.num_negatives}, top-k 10): {args.n} hypotheses"
         )
+        steer = engine.generate([prompt] * args.n, progress=True, seed=args.seed)
         t2 = time.perf_counter()
         log(f"plain sampling from the expert (gamma=0, eta=0, top-k 10): {args.n} hypotheses")
         plain = engine.generate(
@@ -117,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     a, b = _closed(steer), _closed(plain)
-    _print_side_by_side(a, b)
+    _print_side_by_side(a, b, label)
     results = _scores(a, b, seeds, args)
     print()
     print(format_table(results))

@@ -8,7 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..tune import DEFAULT_ALPHAS, DEFAULT_ETAS, DEFAULT_GAMMAS, RECIPE_NAME, Budget
+from ..tune import (
+    DEFAULT_ALPHAS,
+    DEFAULT_ETAS,
+    DEFAULT_GAMMAS,
+    DEFAULT_WHOLE_WORDS,
+    RECIPE_NAME,
+    SEARCHED_FIELDS,
+    Budget,
+)
 from ._common import (
     DEFAULT_EXPERT,
     CLIError,
@@ -117,7 +125,7 @@ def _recipe_settings(args: argparse.Namespace, fields: dict[str, Any], prompt: s
         settings["base"] = absolute(args.base)
     if args.close_with:
         settings["close_with"] = args.close_with
-    config = {k: v for k, v in fields.items() if k not in ("gamma", "eta", "alpha")}
+    config = {k: v for k, v in fields.items() if k not in SEARCHED_FIELDS}
     return {**settings, "config": config}
 
 
@@ -133,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         _floats(args.gammas, "--gammas"),
         _floats(args.etas, "--etas"),
         _floats(args.alphas, "--alphas", allow_none=True),
+        # --whole-words / --no-whole-words fixes the grid's mode; neither tries the default modes
+        DEFAULT_WHOLE_WORDS if fields.get("whole_words") is None else (fields["whole_words"],),
     )
     if args.n < 2 or args.rounds < 0 or args.resamples < 2:
         raise CLIError("--n and --resamples must be >= 2, --rounds >= 0")
