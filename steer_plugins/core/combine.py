@@ -70,10 +70,10 @@ def combine(
         head_index: which branch is the head (the expert on the prompt).
         continuation: `(vocab,)` bool of word-continuing tokens (`continuation_tokens`); needed
             with `whole_words`.
-        whole_words: a bool or a `(num_prompts,)` bool tensor. Where set, a step whose head-branch
-            favourite token continues a word (mid-word) takes the head's log-probs alone: the
-            guidance and the negatives choose words, the expert spells them. Steering inside a word
-            is what fuses made-up words ("supernovova"); the quality study measures it.
+        whole_words: a bool or a `(num_prompts,)` bool tensor. Where set, the head (expert) alone
+            decides whether the current word goes on and how it is spelled; the combined scores
+            only choose among the tokens that start something new (see `_whole_words`). Steering
+            inside a word is what fuses made-up words ("supernovova"); the quality study measures it.
 
     Returns:
         `(num_prompts, vocab)` fp32 scores, not renormalised; masked tokens are −inf.
@@ -107,15 +107,27 @@ def combine(
         terms = torch.where(active.unsqueeze(-1), w.unsqueeze(-1) * lp, torch.zeros((), device=lp.device))
         scores = terms.sum(dim=1)
     if continuation is not None and (torch.is_tensor(whole_words) or whole_words):
-        head = lp[:, head_index]
-        mid = continuation.to(head.device)[head.argmax(-1)]
-        if torch.is_tensor(whole_words):
-            mid = mid & whole_words.to(mid.device)
-        if bool(mid.any()):
-            scores = torch.where(mid.unsqueeze(-1), head, scores)
+        scores = _whole_words(lp[:, head_index], scores, continuation.to(lp.device), whole_words)
     if alpha is not None and not (isinstance(alpha, float) and math.isnan(alpha)):
         scores = scores.masked_fill(~head_mask(lp[:, head_index], alpha), float("-inf"))
     return scores
+
+
+def _whole_words(
+    head: torch.Tensor, scores: torch.Tensor, continuation: torch.Tensor, rows: torch.Tensor | bool
+) -> torch.Tensor:
+    """Log-probs of a two-level choice: with the head's probability of continuing the word, a
+    continuation token drawn from the head; otherwise a word-starting token (space-led, punctuation,
+    EOS) drawn from the combined scores renormalised over those tokens. Rows where `rows` is False
+    keep `scores`."""
+    head = head.log_softmax(-1)
+    neg_inf = torch.tensor(float("-inf"), device=head.device)
+    start_mass = torch.where(continuation, neg_inf, head).logsumexp(-1, keepdim=True)  # log P(new word)
+    starts = torch.where(continuation, neg_inf, scores).log_softmax(-1)
+    mixed = torch.where(continuation, head, start_mass + starts)
+    if torch.is_tensor(rows):
+        return torch.where(rows.to(head.device).unsqueeze(-1), mixed, scores)
+    return mixed
 
 
 def guard_non_finite(scores: torch.Tensor, fallback: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,15 @@ import pytest
 
 from steer_plugins.apps.cli import main
 from steer_plugins.apps.data_io import read_jsonl
-from steer_plugins.apps.tune import Budget, Setting, best_setting, meets_budget, refine_points, split_dev
+from steer_plugins.apps.tune import (
+    Budget,
+    Setting,
+    best_setting,
+    initial_grid,
+    meets_budget,
+    refine_points,
+    split_dev,
+)
 
 pytest.importorskip("wordfreq")
 
@@ -31,6 +39,11 @@ def test_budget_rules_and_grid_helpers():
     assert best_setting({"b": rows["b"]}, budget) is None
     assert Setting(0.2, 1.0, 0.1) != Setting(0.2, 1.0) and Setting(0.2, 1.0, 0.1).name == "γ0.2 η1 α0.1"
     assert [s.name for s in refine_points(Setting(0.0, 0.2))] == ["γ0.2 η0.2", "γ0 η0.4"]
+    words = Setting(0.2, 1.0, None, True)
+    assert words.name == "γ0.2 η1 words" and words.slug == "g0.2_e1_w" and words.overrides()["whole_words"]
+    assert all(s.whole_words for s in refine_points(words))
+    grid = initial_grid([0.0, 0.2], [0.6], [None], [False, True])
+    assert [s.name for s in grid] == ["γ0 η0.6", "γ0.2 η0.6", "γ0 η0.6 words", "γ0.2 η0.6 words"]
     pool, dev = split_dev([f"t{i}" for i in range(8)], 0.25, seed=0)
     assert (
         len(dev) == 2
@@ -47,7 +60,7 @@ def test_tune_on_tiny_model_writes_recipe_generate_loads_and_resumes(
     out = tmp_path / "tuned"
     argv = ["tune", real_file, "--expert", tiny_model_dir, "--prompt", "Write a question:", "--out", str(out),
             "--n", "4", "--max-new-tokens", "5", "--num-negatives", "2", "--seed", "0", "--gammas", "0",
-            "--etas", "0.5", "--alphas", "none", "--rounds", "1", "--fidelity-metrics", "none",
+            "--etas", "0.5", "--alphas", "none", "--no-whole-words", "--rounds", "1", "--fidelity-metrics", "none",
             "--diversity-metric", "distinct_2", "--invented-slack", "100", "--resamples", "10", "--quiet"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out

@@ -148,21 +148,24 @@ def test_config_roundtrip_merge_and_presets():
         SteerConfig.preset("nope")
 
 
-def test_whole_words_leaves_mid_word_steps_to_the_expert():
-    # vocab: 0 "Ġsuper", 1 "nova", 2 "?" ; prompt 0's head favours 1 (a continuation), prompt 1's favours 0
-    continuation = torch.tensor([False, True, False])
-    head = torch.stack([lp(0.2, 0.7, 0.1), lp(0.7, 0.2, 0.1)])
-    neg = torch.stack([lp(0.1, 0.8, 0.1), lp(0.8, 0.1, 0.1)])
+def test_whole_words_expert_spells_steering_picks_new_words():
+    # vocab: 0 "Ġsuper", 1 "nova", 2 "?", 3 "Ġstar"; token 1 continues a word
+    continuation = torch.tensor([False, True, False, False])
+    head = torch.stack([lp(0.2, 0.6, 0.1, 0.1), lp(0.5, 0.1, 0.1, 0.3)])
+    neg = torch.stack([lp(0.1, 0.7, 0.1, 0.1), lp(0.7, 0.1, 0.1, 0.1)])
     branches, w = torch.stack([head, neg], dim=1), torch.tensor([1.0, -1.5])
     steered = combine(branches, w)
     out = combine(branches, w, continuation=continuation, whole_words=True)
-    assert torch.equal(out[0], head[0])  # mid-word: the expert alone
-    assert torch.equal(out[1], steered[1])  # a word starts: steered as usual
-    assert steered[0].argmax() != 1  # without the guard the negatives would break the word
+    torch.testing.assert_close(out.exp().sum(-1), torch.ones(2))  # a distribution
+    torch.testing.assert_close(out[:, 1], head[:, 1])  # continuing the word: the expert's probability
+    starts = [0, 2, 3]  # starting something new: the expert's total, shared out by the steered scores
+    torch.testing.assert_close(out[:, starts].exp().sum(-1), head[:, starts].exp().sum(-1))
+    torch.testing.assert_close(out[:, starts].log_softmax(-1), steered[:, starts].log_softmax(-1))
+    assert steered[0].argmax() != 1 and out[0].argmax() == 1  # the negatives no longer break the word
     per_prompt = combine(branches, w, continuation=continuation, whole_words=torch.tensor([False, True]))
-    assert torch.equal(per_prompt, steered)  # prompt 0 did not ask for it
+    assert torch.equal(per_prompt[0], steered[0]) and torch.equal(per_prompt[1], out[1])
     masked = combine(branches, w, alpha=0.5, continuation=continuation, whole_words=True)
-    assert torch.isneginf(masked[0, [0, 2]]).all() and masked[0, 1] == head[0, 1]  # α still applies
+    assert torch.isneginf(masked[0, [0, 2, 3]]).all() and masked[0, 1] == out[0, 1]  # α still applies
 
 
 def test_continuation_tokens_read_the_space_markers(tiny_tok):
