@@ -59,6 +59,7 @@ def combine(
     head_index: int = 0,
     continuation: torch.Tensor | None = None,
     whole_words: torch.Tensor | bool = False,
+    head_top_k: torch.Tensor | int | None = None,
 ) -> torch.Tensor:
     """s = Σᵢ wᵢ·ℓᵢ over branches, optionally restricted to the head branch's plausible tokens.
 
@@ -74,6 +75,10 @@ def combine(
             decides whether the current word goes on and how it is spelled; the combined scores
             only choose among the tokens that start something new (see `_whole_words`). Steering
             inside a word is what fuses made-up words ("supernovova"); the quality study measures it.
+        head_top_k: with `whole_words`, a word may only go on with one of the head's own `k` most
+            likely tokens (an int, or a `(num_prompts,)` tensor; the sampler's top-k): the spelling
+            plain top-k sampling would allow, never a rare piece lifted into the top k because the
+            steered word starts are concentrated on few tokens.
 
     Returns:
         `(num_prompts, vocab)` fp32 scores, not renormalised; masked tokens are −inf.
@@ -107,24 +112,33 @@ def combine(
         terms = torch.where(active.unsqueeze(-1), w.unsqueeze(-1) * lp, torch.zeros((), device=lp.device))
         scores = terms.sum(dim=1)
     if continuation is not None and (torch.is_tensor(whole_words) or whole_words):
-        scores = _whole_words(lp[:, head_index], scores, continuation.to(lp.device), whole_words)
+        scores = _whole_words(lp[:, head_index], scores, continuation.to(lp.device), whole_words, head_top_k)
     if alpha is not None and not (isinstance(alpha, float) and math.isnan(alpha)):
         scores = scores.masked_fill(~head_mask(lp[:, head_index], alpha), float("-inf"))
     return scores
 
 
 def _whole_words(
-    head: torch.Tensor, scores: torch.Tensor, continuation: torch.Tensor, rows: torch.Tensor | bool
+    head: torch.Tensor,
+    scores: torch.Tensor,
+    continuation: torch.Tensor,
+    rows: torch.Tensor | bool,
+    head_top_k: torch.Tensor | int | None,
 ) -> torch.Tensor:
     """Log-probs of a two-level choice: with the head's probability of continuing the word, a
-    continuation token drawn from the head; otherwise a word-starting token (space-led, punctuation,
-    EOS) drawn from the combined scores renormalised over those tokens. Rows where `rows` is False
-    keep `scores`."""
+    continuation token drawn from the head (among its `head_top_k` best); otherwise a word-starting
+    token (space-led, punctuation, EOS) drawn from the combined scores renormalised over those
+    tokens. Rows where `rows` is False keep `scores`. Not renormalised when `head_top_k` drops mass."""
     head = head.log_softmax(-1)
     neg_inf = torch.tensor(float("-inf"), device=head.device)
     start_mass = torch.where(continuation, neg_inf, head).logsumexp(-1, keepdim=True)  # log P(new word)
     starts = torch.where(continuation, neg_inf, scores).log_softmax(-1)
-    mixed = torch.where(continuation, head, start_mass + starts)
+    spelled = head
+    if head_top_k is not None:
+        k = torch.as_tensor(head_top_k, device=head.device).clamp(1, head.shape[-1]).reshape(-1, 1)
+        kth = head.topk(int(k.max()), dim=-1).values.gather(-1, (k - 1).expand(head.shape[0], 1))
+        spelled = head.masked_fill(head < kth, float("-inf"))
+    mixed = torch.where(continuation, spelled, start_mass + starts)
     if torch.is_tensor(rows):
         return torch.where(rows.to(head.device).unsqueeze(-1), mixed, scores)
     return mixed

@@ -188,6 +188,7 @@ class _StepPlan:
     weights: torch.Tensor
     alpha: torch.Tensor | None
     whole_words: torch.Tensor | None  # (prompts,) bool, None when no prompt asks for it
+    head_top_k: torch.Tensor | None  # (prompts,) the sampler's top-k (vocab size when off), with whole_words
     samplers: list[tuple[Sampler, torch.Tensor, list[int]]]
     constrained: list[tuple[int, Constraint]]  # (position, constraint) of constrained prompts
 
@@ -286,6 +287,8 @@ class Decoder:
         )
         words = [self._states[j].job.config.whole_words for j in active]
         whole_words = torch.tensor(words, device=self.device) if any(words) else None
+        ks = [self._states[j].job.config.top_k or 2**31 - 1 for j in active]
+        head_top_k = torch.tensor(ks, device=self.device) if any(words) else None
         by_key: dict[tuple, list[int]] = {}
         for p, j in enumerate(active):
             c = self._states[j].job.config
@@ -304,7 +307,7 @@ class Decoder:
             for p, j in enumerate(active)
             if self._states[j].job.constraint is not None
         ]
-        self._plan = _StepPlan(active, idx, weights, alpha, whole_words, samplers, constrained)
+        self._plan = _StepPlan(active, idx, weights, alpha, whole_words, head_top_k, samplers, constrained)
         return self._plan
 
     def _combine(self, plan: _StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,7 +318,12 @@ class Decoder:
         words = plan.whole_words
         continuation = self._continuation(branch_lp.shape[-1]) if words is not None else None
         scores = combine(
-            branch_lp, plan.weights, alpha=plan.alpha, continuation=continuation, whole_words=words
+            branch_lp,
+            plan.weights,
+            alpha=plan.alpha,
+            continuation=continuation,
+            whole_words=words,
+            head_top_k=plan.head_top_k,
         )
         scores, fallback = apply_constraints(scores, branch_lp[:, 0], plan.constrained)
         scores, fell_back = guard_non_finite(scores, fallback)

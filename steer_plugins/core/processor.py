@@ -110,6 +110,7 @@ class SteerLogitsProcessor(LogitsProcessor):
             alpha=self.config.alpha,
             continuation=continuation,
             whole_words=self.config.whole_words,
+            head_top_k=self.config.top_k,
         )
         combined, fell_back = guard_non_finite(combined, head)
         self.fallback_steps += int(fell_back.sum())

@@ -166,6 +166,10 @@ def test_whole_words_expert_spells_steering_picks_new_words():
     assert torch.equal(per_prompt[0], steered[0]) and torch.equal(per_prompt[1], out[1])
     masked = combine(branches, w, alpha=0.5, continuation=continuation, whole_words=True)
     assert torch.isneginf(masked[0, [0, 2, 3]]).all() and masked[0, 1] == out[0, 1]  # α still applies
+    # head_top_k: a word goes on only with one of the head's own k best tokens
+    spelled = combine(branches, w, continuation=continuation, whole_words=True, head_top_k=1)
+    assert torch.isneginf(spelled[1, 1]) and spelled[0, 1] == out[0, 1]  # "nova" is not row 1's best
+    assert torch.equal(spelled[:, starts], out[:, starts])
 
 
 def test_continuation_tokens_read_the_space_markers(tiny_tok):
