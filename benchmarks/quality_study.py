@@ -77,7 +77,17 @@ def methods() -> list[tuple[str, str, dict]]:
             "expert",
             steer(0.2, e, alpha=a, whole_words=True),
         )
-        for e, a in ((0.6, None), (1.0, None), (1.0, 0.05), (1.5, 0.05), (0.6, 0.05))
+        for e, a in (
+            (0.6, None),
+            (1.0, None),
+            (1.0, 0.05),
+            (1.5, 0.05),
+            (0.6, 0.05),
+            (0.6, 0.1),
+            (1.0, 0.1),
+            (0.4, None),
+            (0.4, 0.05),
+        )
     ]
     return out
 
@@ -142,7 +152,8 @@ def generate(args) -> None:
         threads=args.threads, stages=args.stages, seeds=args.seeds,
     )  # fmt: skip
     gens = meta.setdefault("generation", {})
-    cfg = SteerConfig(max_new_tokens=args.max_new_tokens, stop=["?"])
+    # every set is the paper's rule plus its own overrides (the product defaults add α and whole words)
+    cfg = SteerConfig.preset("paper", max_new_tokens=args.max_new_tokens, stop=["?"])
     engines: dict[str, object] = {}
     chosen = [m for m in methods() if not args.only or m[0] in args.only]
     for stage in args.stages:

@@ -26,7 +26,12 @@ from steer_plugins import DEFAULT_MODEL  # noqa: E402
 SEED_FILE = Path(__file__).parent / "data" / "seed_topics.jsonl"
 ROWS = 6  # of the 20 seed rows, to keep the example short
 N = 2  # synthetic rows per input row
-SETTINGS = dict(gamma=0.2, eta=0.6, num_negatives=3, max_new_tokens=40, temperature=0.8, stop=["\n\n"])
+SETTINGS = dict(
+    num_negatives=3,  # gamma, eta, alpha: SteerConfig's defaults
+    max_new_tokens=40,
+    temperature=0.8,
+    stop=["\n\n"],
+)
 CHECKPOINT = Path(tempfile.gettempdir()) / "steer-example-checkpoint"
 
 

@@ -25,7 +25,7 @@ import dspy  # noqa: E402
 from dspy_steer import FieldByFieldAdapter, steer_lm  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
-GAMMA, ETA, NUM_NEGATIVES = 0.2, 0.6, 3  # the paper's defaults, K lowered for a small pool
+NUM_NEGATIVES = 3  # K lowered for a small pool; gamma, eta and the rest: SteerConfig's defaults
 MAX_TOKENS_PER_FIELD = 40
 SEED = 0
 TOPICS = [
@@ -64,8 +64,6 @@ def main() -> None:
     lm = steer_lm(
         MODEL,
         pool=REAL_EXAMPLES,
-        gamma=GAMMA,
-        eta=ETA,
         num_negatives=NUM_NEGATIVES,
         max_new_tokens=MAX_TOKENS_PER_FIELD,
         cache=False,

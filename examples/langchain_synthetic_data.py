@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from steer_plugins import DEFAULT_MODEL, SteerEngine
 
-GAMMA, ETA, NUM_NEGATIVES = 0.2, 0.6, 2
+NUM_NEGATIVES = 2  # K lowered for a small pool; gamma, eta and the rest: SteerConfig's defaults
 MAX_NEW_TOKENS = 48
 ATTEMPTS = 3  # the retry re-samples records that fail validation
 SEED_RECORDS = [
@@ -94,8 +94,6 @@ def main() -> None:
     # The one-line swap: llm = HuggingFacePipeline.from_model_id(model_id=..., task="text-generation")
     llm = SteerLLM(
         engine=engine,
-        gamma=GAMMA,
-        eta=ETA,
         num_negatives=NUM_NEGATIVES,
         max_new_tokens=MAX_NEW_TOKENS,
         seed=args.seed,

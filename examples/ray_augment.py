@@ -26,7 +26,12 @@ from steer_plugins import DEFAULT_MODEL  # noqa: E402
 SEED_FILE = Path(__file__).parent / "data" / "seed_topics.jsonl"
 ROWS = 8
 NUM_ACTORS = 2
-SETTINGS = dict(gamma=0.2, eta=0.6, num_negatives=3, max_new_tokens=32, temperature=0.8, stop=["\n\n"])
+SETTINGS = dict(
+    num_negatives=3,  # gamma, eta, alpha: SteerConfig's defaults
+    max_new_tokens=32,
+    temperature=0.8,
+    stop=["\n\n"],
+)
 
 
 def main() -> None:

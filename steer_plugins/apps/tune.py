@@ -55,6 +55,8 @@ __all__ = [
     "refine_points",
     "split_dev",
     "run_tune",
+    "Tuned",
+    "load_tuned",
 ]
 
 RECIPE_NAME = "steer_tuned.json"
@@ -64,7 +66,7 @@ DEFAULT_ETAS = (0.6, 1.0, 1.5)
 DEFAULT_ALPHAS: tuple[float | None, ...] = (0.1,)
 """The default grid: 6 settings. Without the head mask, η >= 0.8 collapses into invented words (the
 quality study); `--alphas none,0.1` adds the unmasked settings."""
-DEFAULT_WHOLE_WORDS: tuple[bool, ...] = (False,)
+DEFAULT_WHOLE_WORDS: tuple[bool, ...] = (True,)
 ANCHOR = "anchor γ0 η0"
 
 
@@ -430,3 +432,44 @@ def run_tune(
         for setting in fresh:
             tried[setting] = _try(run, setting)
     return _write_outputs(run, anchor, tried, dict(settings or {}))
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """What `load_tuned` returns: an engine set up as the recipe says, and the prompt it was tuned on.
+
+    Attributes:
+        engine: a `SteerEngine` over the recipe's expert (and base), its config the winner's, its
+            negative pool the recipe's real examples. Pass it to any integration:
+            `SteerLLM(engine=tuned.engine)`, `ChatSteer(engine=...)`, `steer_lm(engine=...)`,
+            `SteerAugmenter(engine=...)`.
+        prompt: the prompt every setting was generated from.
+        close_with: the stop string to re-append to outputs that ended on it, or None.
+    """
+
+    engine: Any
+    prompt: str | None
+    close_with: str | None
+
+
+def load_tuned(path: str | os.PathLike[str], **engine_kwargs: Any) -> Tuned:
+    """Build an engine from a `steer tune` recipe (`<out>/steer_tuned.json`).
+
+    Args:
+        path: the recipe file.
+        **engine_kwargs: passed to `SteerEngine` (e.g. `device="cuda"`, `max_batch_size=16`).
+
+    Raises:
+        ValueError: the file is not a recipe (no `expert` or a `config` that `SteerConfig` refuses).
+    """
+    from ..core.config import SteerConfig
+    from ..core.engine import SteerEngine
+    from .data_io import read_texts
+
+    recipe = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("expert"), str):
+        raise ValueError(f"{path} is not a `steer tune` recipe (no `expert`): pass <out>/{RECIPE_NAME}")
+    config = SteerConfig().merged(**recipe.get("config", {}))
+    pool = read_texts(recipe["pool"]) if recipe.get("pool") else None
+    engine = SteerEngine(recipe["expert"], recipe.get("base"), config=config, pool=pool, **engine_kwargs)
+    return Tuned(engine, recipe.get("prompt"), recipe.get("close_with"))

@@ -67,7 +67,9 @@ def combine(
         branch_logprobs: `(num_prompts, num_branches, vocab)` log-softmax outputs, any float dtype.
         weights: `(num_branches,)` or `(num_prompts, num_branches)`. A zero weight ignores its branch
             entirely (even where that branch is −inf), which is how absent branches are padded.
-        alpha: plausibility head mask (see `head_mask`); None = off, as in the paper.
+        alpha: plausibility head mask (see `head_mask`); None = off, as in the paper. Like
+            `whole_words`, it guards steering: rows that sample the head alone (one active branch,
+            weight 1: γ = η = 0) are returned as the head's log-probs, unmasked (plain sampling).
         head_index: which branch is the head (the expert on the prompt).
         continuation: `(vocab,)` bool of word-continuing tokens (`continuation_tokens`); needed
             with `whole_words`.
@@ -102,19 +104,21 @@ def combine(
             "pass one weight per branch"
         )
     active = w != 0
-    if (
-        bool(active[:, head_index].all())
-        and int(active.sum()) == lp.shape[0]
-        and bool((w[:, head_index] == 1).all())
-    ):
-        scores = lp[:, head_index].clone()  # single branch of weight 1: nothing to combine
-    else:
-        terms = torch.where(active.unsqueeze(-1), w.unsqueeze(-1) * lp, torch.zeros((), device=lp.device))
-        scores = terms.sum(dim=1)
+    # rows that sample the head as it is (γ = η = 0): nothing is steered, so nothing is guarded
+    plain = active[:, head_index] & (active.sum(-1) == 1) & (w[:, head_index] == 1)
+    if bool(plain.all()):
+        return lp[:, head_index].clone()
+    terms = torch.where(active.unsqueeze(-1), w.unsqueeze(-1) * lp, torch.zeros((), device=lp.device))
+    scores = terms.sum(dim=1)
+    if bool(plain.any()):
+        scores = torch.where(plain.unsqueeze(-1), lp[:, head_index], scores)
     if continuation is not None and (torch.is_tensor(whole_words) or whole_words):
-        scores = _whole_words(lp[:, head_index], scores, continuation.to(lp.device), whole_words, head_top_k)
+        rows = ~plain if not torch.is_tensor(whole_words) else whole_words.to(plain.device) & ~plain
+        scores = _whole_words(lp[:, head_index], scores, continuation.to(lp.device), rows, head_top_k)
     if alpha is not None and not (isinstance(alpha, float) and math.isnan(alpha)):
-        scores = scores.masked_fill(~head_mask(lp[:, head_index], alpha), float("-inf"))
+        alpha_t = torch.as_tensor(alpha, dtype=torch.float32, device=lp.device).expand(lp.shape[0])
+        alpha_t = torch.where(plain, torch.full_like(alpha_t, math.nan), alpha_t)
+        scores = scores.masked_fill(~head_mask(lp[:, head_index], alpha_t), float("-inf"))
     return scores
 
 

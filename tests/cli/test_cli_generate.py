@@ -282,7 +282,11 @@ def test_demo_output_is_not_flooded_by_loading_bars_or_warnings(tmp_path):
     err = done.stderr
     assert "Converting and de-quantizing" not in err and "Loading weights" not in err
     assert "FutureWarning" not in err
-    assert "loading the shipped expert" in err and "STEER (γ=0.2, η=0.6)" in done.stdout
+    from steer_plugins import SteerConfig
+    from steer_plugins.apps.cli.demo import _describe
+
+    # the demo runs the product's default settings and says which
+    assert "loading the shipped expert" in err and f"STEER ({_describe(SteerConfig())})" in done.stdout
 
 
 def test_quiet_loading_silences_loading_bars_and_future_warnings_then_restores_them():

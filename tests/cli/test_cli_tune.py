@@ -102,6 +102,22 @@ def test_tune_on_tiny_model_writes_recipe_generate_loads_and_resumes(
     )
     assert len(read_jsonl(synth)) == 2
 
+    # the integrations load the same recipe: an engine with the winner's settings and the pool
+    from langchain_steer import SteerLLM
+
+    from steer_plugins.apps.tune import load_tuned
+
+    tuned = load_tuned(out / "steer_tuned.json")
+    try:
+        winner = result["winner_setting"]
+        assert {k: getattr(tuned.engine.config, k) for k in winner} == winner
+        assert tuned.prompt == "Write a question:" and len(tuned.engine.pool) > 0
+        assert isinstance(SteerLLM(engine=tuned.engine, seed=0).invoke(tuned.prompt), str)
+    finally:
+        tuned.engine.close()
+    with pytest.raises(ValueError, match="not a `steer tune` recipe"):
+        load_tuned(out / "tune.json")
+
     # rerun: every setting is skipped (same settings, same weights), nothing new is generated
     assert main(argv) == 0
     assert len(read_jsonl(out / "results.jsonl")) == 5

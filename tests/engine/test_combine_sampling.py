@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from steer_plugins import SteerConfig, combine, guard_non_finite, head_mask
+from steer_plugins.core.config import DEFAULT_ETA
 from steer_plugins.core.sampling import apply_min_p, apply_top_k, apply_top_p, make_sampler
 
 NEG_INF = float("-inf")
@@ -138,12 +139,33 @@ def test_config_roundtrip_merge_and_presets():
     cfg = SteerConfig(gamma=0.4, stop="?")
     assert cfg.stop == ["?"]
     assert SteerConfig.model_validate_json(cfg.model_dump_json()) == cfg
-    assert cfg.merged(eta=0.1).eta == 0.1 and cfg.eta == 0.6
+    assert cfg.merged(eta=0.1).eta == 0.1 and cfg.eta == DEFAULT_ETA
     assert cfg.merged(eta=0.1).fingerprint() != cfg.fingerprint()
     with pytest.raises(ValueError, match="unknown SteerConfig field"):
         cfg.merged(gama=1)
     assert SteerConfig.preset("contrastive").alpha == 0.1
     assert SteerConfig.preset("expert").branch_weights().negative == 0
+    # the paper's exact rule for reproductions, whatever the product defaults become
+    paper = SteerConfig.preset("paper")
+    assert (paper.gamma, paper.eta, paper.alpha, paper.whole_words, paper.top_k) == (
+        0.2,
+        0.6,
+        None,
+        False,
+        10,
+    )
+    assert SteerConfig.preset("steer") == SteerConfig()
+
+
+def test_guards_leave_plain_sampling_alone():
+    # γ = η = 0 (one branch of weight 1) is plain sampling: the head mask and whole words guard steering
+    head = torch.stack([lp(0.5, 0.3, 0.15, 0.05), lp(0.5, 0.3, 0.15, 0.05)])
+    neg = torch.stack([lp(0.25, 0.25, 0.25, 0.25), lp(0.1, 0.2, 0.3, 0.4)])
+    w = torch.tensor([[1.0, 0.0], [1.0, -0.6]])
+    out = combine(torch.stack([head, neg], dim=1), w, alpha=0.5, continuation=torch.tensor([0, 1, 0, 0]).bool(),
+                  whole_words=True)  # fmt: skip
+    assert torch.equal(out[0], head[0])  # row 0: plain, unmasked
+    assert torch.isneginf(out[1, 2:]).all()  # row 1: steered, masked
     with pytest.raises(ValueError, match="unknown preset"):
         SteerConfig.preset("nope")
 

@@ -51,8 +51,16 @@ def naive_scores(
                 s = s + w.base * last_logprobs(base, p_ids + gen)
         for ctx in neg_ctxs:
             s = s + (w.negative / len(neg_ctxs)) * last_logprobs(expert, ctx + gen)
-        if cfg.alpha is not None:
-            head = last_logprobs(expert, p_ids + gen)
+        head = last_logprobs(expert, p_ids + gen)
+        steered = not (w.base == 0 and (w.negative == 0 or not neg_ctxs) and w.expert == 1)
+        if cfg.whole_words and steered:  # the expert spells (its top-k), the steered scores pick new words
+            names = tok.convert_ids_to_tokens(list(range(len(head))))
+            goes_on = torch.tensor([n[0] not in "ĠĊĉ▁" and n[0].isalnum() for n in names])
+            p_new = head.exp()[~goes_on].sum()
+            in_top_k = head >= head.topk(cfg.top_k or len(head)).values[-1]
+            new = torch.where(goes_on, float("-inf"), s).softmax(-1) * p_new
+            s = torch.where(goes_on, torch.where(in_top_k, head.exp(), 0.0), new).log()
+        if cfg.alpha is not None and steered:
             s = s.masked_fill(head < head.max() + torch.log(torch.tensor(cfg.alpha)), float("-inf"))
         rows.append(s.log_softmax(-1))
     return torch.stack(rows)
@@ -72,6 +80,8 @@ def assert_close_finite(a: torch.Tensor, b: torch.Tensor) -> None:
         {"form": "cfg", "gamma": 0.5, "eta": 1.0},
         {"negative_form": "per_example"},
         {"alpha": 0.1, "gamma": 1.0},
+        {"alpha": None, "whole_words": False},  # the paper's rule
+        {"gamma": 0.0, "eta": 0.0},  # plain sampling: the guards stay off
     ],
 )
 def test_batch_of_one_matches_naive_reference(tiny_pair_models, overrides):
@@ -133,7 +143,10 @@ def test_cfg_form_equals_transformers_unbatched_cfg(tiny_pair_models):
     expert, base, tok = tiny_pair_models
     eta = 0.7
     engine = SteerEngine(
-        expert, base, tok, config=SteerConfig(form="cfg", gamma=0.0, eta=eta, max_new_tokens=6)
+        expert,
+        base,
+        tok,
+        config=SteerConfig(form="cfg", gamma=0.0, eta=eta, max_new_tokens=6, alpha=None, whole_words=False),
     )
     neg = "The quick brown fox jumps over the lazy dog."
     r = engine.generate([PROMPTS[0]], negatives=[[neg]], return_scores=True, seed=2)[0]
@@ -246,7 +259,8 @@ def test_base_prompts_give_the_base_branch_its_own_context(tiny_tok, lora):
     """The prompted expert: the same weights, expert branch with examples in context, base without."""
     model = tiny_model("llama", tiny_tok, seed=2)
     expert = tiny_lora_expert(model, seed=5) if lora else model
-    engine = SteerEngine(expert, tokenizer=tiny_tok, config=SteerConfig(max_new_tokens=6, gamma=0.5))
+    cfg = SteerConfig(max_new_tokens=6, gamma=0.5, alpha=None, whole_words=False)  # the rule alone
+    engine = SteerEngine(expert, tokenizer=tiny_tok, config=cfg)
     in_context = (
         "Does dark matter shape galaxies? Is the Hubble tension real? Write a question about astronomy:"
     )
