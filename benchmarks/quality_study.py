@@ -43,7 +43,14 @@ DEFAULT_IMG = ROOT / "docs" / "img" / "quality_study"
 DEFAULT_EXPERT = ROOT / "steer_plugins" / "assets" / "adapters" / "hypotheses-lora"
 SPLIT_SEED = 0
 PLAIN = "expert top-k 10"
-DONE_WHEN_CANDIDATES = ("STEER γ0.2 η0.6", "γ0.2 η0.6 α0.1", "γ0.2 η1 α0.1", "γ0.2 η1.5 α0.1")
+DONE_WHEN_CANDIDATES = (
+    "STEER γ0.2 η0.6",
+    "γ0.2 η0.6 α0.1",
+    "γ0.2 η1 α0.1",
+    "γ0.2 η1.5 α0.1",
+    "γ0.2 η1 α0.1 words",
+    "γ0.2 η0.4 α0.05 words",
+)
 
 
 def methods() -> list[tuple[str, str, dict]]:
@@ -212,7 +219,14 @@ REAL = "real (reference)"
 
 
 def _score_one(
-    out: Path, name: str, seed: int, n: int, ref: list[str], resamples: int, costly_b: int
+    out: Path,
+    name: str,
+    seed: int,
+    n: int,
+    ref: list[str],
+    resamples: int,
+    costly_b: int,
+    metrics: list[str] | None = None,
 ) -> tuple:
     """(point row, replicates) of one set and seed, cached in `<out>/scores/` by its texts and design."""
     import hashlib
@@ -225,14 +239,17 @@ def _score_one(
 
     texts = list(ref) if name == REAL else read_texts(sample_path(out, name, seed))[:n]
     reasons = None if name == REAL else (read_finish_reasons(sample_path(out, name, seed)) or [None] * n)[:n]
-    key = hashlib.sha256(json.dumps([texts, reasons, ref, n, resamples, costly_b]).encode()).hexdigest()[:16]
+    what = [texts, reasons, ref, n, resamples, costly_b] + ([metrics] if metrics else [])
+    key = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
     cache = out / "scores" / f"{slug(name)}_seed{seed}_n{n}.json"
     if cache.exists() and (hit := json.loads(cache.read_text()))["key"] == key:
         return hit["point"], {m: np.array(v, dtype=float) for m, v in hit["replicates"].items()}
     if name == REAL:  # the reference on its own: its n-gram ratios, Vendi, leave-one-out invented words
-        chosen, inputs = prepare({"_": ref}, ref, seed=0, sample_size=n, reference_name=REAL)
+        chosen, inputs = prepare({"_": ref}, ref, metrics, seed=0, sample_size=n, reference_name=REAL)
     else:
-        chosen, inputs = prepare({name: texts}, ref, seed=0, sample_size=n, finish_reasons={name: reasons})
+        chosen, inputs = prepare(
+            {name: texts}, ref, metrics, seed=0, sample_size=n, finish_reasons={name: reasons}
+        )
     given = inputs[name]
     # the same bootstrap seed for every study seed: replicate b shares its reference half-sample
     reps = replicates(chosen, given, resamples=resamples, seed=0, fewer=costly(costly_b))
@@ -248,7 +265,7 @@ def _score_one(
 def _score_seed(names: list[str], out: Path, seed: int, n: int, ref: list[str], args) -> dict:
     """set -> (point row, replicates) for one seed, every set cut to its first `n` rows."""
     return {
-        name: _score_one(out, name, seed, n, ref, args.resamples, args.costly_resamples)
+        name: _score_one(out, name, seed, n, ref, args.resamples, args.costly_resamples, args.metrics)
         for name in [*names, REAL]
     }
 
@@ -280,7 +297,8 @@ def _checks(rows: dict) -> dict:
     from steer_plugins.apps.tune import Budget, best_setting, meets_budget
 
     plain = rows[PLAIN]
-    budget = Budget()
+    # only the fidelity metrics that were scored (`--metrics` may leave out the costly ones)
+    budget = Budget(within=tuple(m for m in Budget().within if m in plain))
     rule = {}
     for name, row in rows.items():
         if name not in (REAL, PLAIN):
@@ -343,6 +361,7 @@ def report(args) -> None:
     rows, design = meta["scores"], meta["design"]
     cols = ["normalised_3grams", "diversity", "self_bleu", "vendi", "invented_word_rate", "completion_rate",
             "cosine_centroid", "mauve", "adversarial_auroc"]  # fmt: skip
+    cols = [c for c in cols if any(c in r for r in rows.values())]
     (out / "table.md").write_text(markdown_table(rows, columns=cols) + "\n")
     img = Path(args.img)
     points = [
@@ -401,6 +420,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples")
     p.add_argument("--costly-resamples", type=int, default=30, help="resamples for self-BLEU, MAUVE, AUROC")
     p.add_argument("--report-only", action="store_true", help="rebuild table and plots from results.json")
+    p.add_argument(
+        "--metrics",
+        type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
+        help="metrics to score, comma-separated (default: all; MAUVE and AUROC cost the most)",
+    )
     return p.parse_args(argv)
 
 
