@@ -17,6 +17,8 @@ import pytest
 from datasets.fingerprint import Hasher
 from datasets_steer import ADDED_COLUMNS, SteerAugmenter
 
+from steer_plugins import SteerConfig
+
 SETTINGS = dict(max_new_tokens=6, num_negatives=3, progress=False)
 
 
@@ -54,7 +56,13 @@ def test_batched_map_grows_each_row_into_n_plus_original(tiny_folders, topics_ds
             continue
         assert isinstance(row["text"], str)
         settings = json.loads(row["steer_config"])
-        assert settings["max_new_tokens"] == 6 and settings["num_negatives"] == 3 and settings["eta"] == 0.6
+        assert settings["max_new_tokens"] == 6 and settings["num_negatives"] == 3
+        defaults = SteerConfig()  # every field not set is recorded at the product default
+        assert (settings["eta"], settings["alpha"], settings["whole_words"]) == (
+            defaults.eta,
+            defaults.alpha,
+            defaults.whole_words,
+        )
         assert len(row["steer_negatives"]) == 3  # K drawn from the pool (real texts + earlier outputs)
         assert row["steer_seed"] == settings["seed"]
     # seeds are derived from the row, not from batching
