@@ -8,6 +8,7 @@ STEER (O'Neill et al., arXiv 2308.07645), classifier-free guidance, contrastive 
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -33,6 +34,18 @@ def head_mask(head_logprobs: torch.Tensor, alpha: float | torch.Tensor) -> torch
 _SPACE_MARKERS = frozenset("Ġ▁Ċĉ")
 """Leading characters that mean "space, newline or tab before this token" (byte-level BPE: Ġ Ċ ĉ;
 SentencePiece: ▁). Ġ and Ċ are letters to `str.isalnum`, so they are checked first."""
+
+
+_CONTINUATIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {vocab: flags}
+
+
+def cached_continuation_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
+    """`continuation_tokens`, computed once per (tokenizer, vocab size) for the decoder and the
+    `LogitsProcessor` alike (it decodes every vocabulary entry)."""
+    per_vocab = _CONTINUATIONS.setdefault(tokenizer, {})
+    if vocab_size not in per_vocab:
+        per_vocab[vocab_size] = continuation_tokens(tokenizer, vocab_size)
+    return per_vocab[vocab_size]
 
 
 def continuation_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
@@ -138,10 +151,15 @@ def _whole_words(
     start_mass = torch.where(continuation, neg_inf, head).logsumexp(-1, keepdim=True)  # log P(new word)
     starts = torch.where(continuation, neg_inf, scores).log_softmax(-1)
     spelled = head
-    if head_top_k is not None:
-        k = torch.as_tensor(head_top_k, device=head.device).clamp(1, head.shape[-1]).reshape(-1, 1)
-        kth = head.topk(int(k.max()), dim=-1).values.gather(-1, (k - 1).expand(head.shape[0], 1))
-        spelled = head.masked_fill(head < kth, float("-inf"))
+    if head_top_k is not None:  # k >= vocab (top-k off) keeps every piece; no full sort per step
+        vocab = head.shape[-1]
+        k = torch.as_tensor(head_top_k, device=head.device).expand(head.shape[0]).reshape(-1, 1)
+        limited = k < vocab
+        if bool(limited.any()):
+            top = head.topk(int(k[limited].max()), dim=-1).values
+            kth = top.gather(-1, (k.clamp(1, top.shape[-1]) - 1))
+            kth = torch.where(limited, kth, torch.full_like(kth, float("-inf")))
+            spelled = head.masked_fill(head < kth, float("-inf"))
     mixed = torch.where(continuation, spelled, start_mass + starts)
     if torch.is_tensor(rows):
         return torch.where(rows.to(head.device).unsqueeze(-1), mixed, scores)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .combine import combine, continuation_tokens, guard_non_finite
+from .combine import cached_continuation_tokens, combine, guard_non_finite
 from .config import BranchWeights
 from .constraints import Constraint, apply_constraints, parsed_output
 from .jobs import PromptJob
@@ -331,8 +331,8 @@ class Decoder:
 
     def _continuation(self, vocab: int) -> torch.Tensor:
         """The word-continuing tokens of the expert's vocabulary (`combine.continuation_tokens`), once."""
-        if self._continues is None or len(self._continues) != vocab:
-            self._continues = continuation_tokens(self.models.tokenizer, vocab).to(self.device)
+        if self._continues is None or len(self._continues) != vocab:  # on this device, once
+            self._continues = cached_continuation_tokens(self.models.tokenizer, vocab).to(self.device)
         return self._continues
 
     def _sample(self, plan: _StepPlan, scores: torch.Tensor) -> list[int]:

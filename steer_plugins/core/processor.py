@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-from .combine import combine, continuation_tokens, guard_non_finite
+from .combine import cached_continuation_tokens, combine, guard_non_finite
 from .decode import head_weight
 from .jobs import draw_negatives, negative_contexts
 from .rows import RowBatch
@@ -59,7 +59,6 @@ class SteerLogitsProcessor(LogitsProcessor):
         self._base: RowBatch | None = None
         self._neg: RowBatch | None = None
         self._started = False
-        self._continues: torch.Tensor | None = None
 
     def _contexts(self, input_ids: torch.Tensor) -> list[list[int]]:
         if self.prompt_attention_mask is not None:
@@ -101,9 +100,7 @@ class SteerLogitsProcessor(LogitsProcessor):
             weights.append(self.weights.negative)
         continuation = None
         if self.config.whole_words:
-            if self._continues is None or len(self._continues) != head.shape[-1]:
-                self._continues = continuation_tokens(self.models.tokenizer, head.shape[-1])
-            continuation = self._continues
+            continuation = cached_continuation_tokens(self.models.tokenizer, head.shape[-1])
         combined = combine(
             torch.stack(branches, dim=1),
             torch.tensor(weights),
