@@ -136,8 +136,8 @@ def _segment(seg: Segment, layer: int, query: torch.Tensor, scaling: float | Non
     rows = slice(seg.dst, seg.dst + n)
     keys = seg.keys[layer][rows, :, seg.lo : seg.end + q]
     values = seg.values[layer][rows, :, seg.lo : seg.end + q]
-    if keys.dtype != query.dtype:  # a reduced-precision prefill wrote into a full-precision cache
-        query = query.to(keys.dtype)
+    if keys.dtype != query.dtype:  # a segment stored in another dtype (`kv_dtype`), or autocast
+        return _segment(seg, layer, query.to(keys.dtype), scaling).to(query.dtype)
     kv_heads = keys.shape[1]
     if q == 1 and heads != kv_heads:  # pack the query group as SDPA's query axis: no KV copies
         packed = query.reshape(n, kv_heads, heads // kv_heads, dim)

@@ -102,7 +102,8 @@ def _build_groups(
 ) -> list[_Group]:
     """Plan the rows of `jobs` (numbered from `first_index`) and group them into RowBatches.
     `negative_prefill_dtype` (default: `models.negative_prefill_dtype` when set) prefills the
-    negative-context rows in that dtype: opt-in and not exact (see `RowBatch`)."""
+    negative-context rows in that dtype, and `models.negative_kv_dtype` stores their KV cache in its
+    dtype: both opt-in and not exact (see `RowBatch`)."""
     base_is_expert = models.base is models.expert
     expert_rows: list[_Row] = []
     base_rows: list[_Row] = []
@@ -112,11 +113,12 @@ def _build_groups(
         expert_rows += e
         base_rows += b
         negative.update(id(r) for r in e if any(r.context is c for c in job.negative_contexts))
-    low = negative_prefill_dtype or getattr(models, "negative_prefill_dtype", None)
+    low = negative_prefill_dtype or models.negative_prefill_dtype
+    kv_low = models.negative_kv_dtype
 
     def expert_batch(rows: list[_Row], **kw) -> _Group:
-        if low is not None:
-            kw.update(prefill_dtype=low, reduced_rows=[id(r) in negative for r in rows])
+        if low is not None or kv_low is not None:
+            kw.update(prefill_dtype=low, kv_dtype=kv_low, reduced_rows=[id(r) in negative for r in rows])
         return _Group(RowBatch(models.expert, pad_id=pad_id, min_rows=min_rows, **kw), rows)
 
     if models.shared_weights and base_rows and peft_mode == "mixed":

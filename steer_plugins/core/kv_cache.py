@@ -25,10 +25,14 @@ __all__ = ["RowKVCache", "Segment", "pad_left", "select_dynamic"]
 class Segment:
     """Rows sharing one key and one value buffer per layer, `(capacity rows, kv heads, columns, dim)`.
 
-    Physical row p holds logical row `rows[p]`; its tokens fill columns `[starts[p], end)`.
+    Physical row p holds logical row `rows[p]`; its tokens fill columns `[starts[p], end)`. `dtype`
+    is the buffers' storage dtype (None: the cache's, else the model's).
     """
 
-    def __init__(self, rows: torch.Tensor, starts: torch.Tensor, end: int) -> None:
+    def __init__(
+        self, rows: torch.Tensor, starts: torch.Tensor, end: int, dtype: torch.dtype | None = None
+    ) -> None:
+        self.dtype = dtype
         self.rows = rows.to("cpu", torch.long)
         self.starts = starts.to("cpu", torch.long)  # bookkeeping on the CPU; masks go to the device
         self.end = end
@@ -52,8 +56,9 @@ class Segment:
     def write(self, layer: int, key: torch.Tensor, value: torch.Tensor, q: int, reserve: int, dtype) -> None:
         if layer == len(self.keys):  # first forward of a fresh segment: allocate
             shape = (len(self), key.shape[1], self.end + q + _spare(self.end + q, reserve), key.shape[3])
-            self.keys.append(key.new_empty(shape, dtype=dtype or key.dtype))
-            self.values.append(value.new_empty(shape[:3] + (value.shape[3],), dtype=dtype or value.dtype))
+            dtype = self.dtype or dtype or key.dtype
+            self.keys.append(key.new_empty(shape, dtype=dtype))
+            self.values.append(value.new_empty(shape[:3] + (value.shape[3],), dtype=dtype))
         rows = slice(self.dst, self.dst + key.shape[0])
         self.keys[layer][rows, :, self.end : self.end + q] = key
         self.values[layer][rows, :, self.end : self.end + q] = value
@@ -96,7 +101,7 @@ def _combine(segments: Sequence[Segment], reserve: int) -> Segment:
     width = max(s.width for s in segments)
     rows = torch.cat([s.rows for s in segments])
     starts = torch.cat([s.starts - (s.end - width) for s in segments])
-    out = Segment(rows, starts, width)
+    out = Segment(rows, starts, width, dtype=segments[0].dtype)
     for layer in range(len(segments[0].keys)):
         out.keys.append(_stack_right([(s, s.keys[layer]) for s in segments], width, reserve))
         out.values.append(_stack_right([(s, s.values[layer]) for s in segments], width, reserve))
@@ -204,13 +209,14 @@ class RowKVCache:
 
     def extend(self, other: RowKVCache, offset: int, ratio: float = 0.6) -> None:
         """Append `other`'s segments (their logical rows shifted by `offset`), then combine segments of
-        similar width so the number of attention calls per layer stays small."""
+        similar width (and the same storage dtype) so the number of attention calls per layer stays small."""
         for seg in other.segments:
             seg.rows = seg.rows + offset
-        segs = sorted(self.segments + other.segments, key=lambda s: -s.width)
+        segs = sorted(self.segments + other.segments, key=lambda s: (str(s.dtype), -s.width))
         groups: list[list[Segment]] = []
         for seg in segs:
-            if groups and seg.width >= ratio * groups[-1][0].width:
+            same = groups and seg.dtype == groups[-1][0].dtype
+            if same and seg.width >= ratio * groups[-1][0].width:
                 groups[-1].append(seg)
             else:
                 groups.append([seg])

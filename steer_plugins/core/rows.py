@@ -108,7 +108,10 @@ class RowBatch:
         prefill_dtype: prefill rows under autocast to this dtype (e.g. `torch.bfloat16`); opt-in and
             not exact: the KV cache keeps the model's dtype and decode steps stay in it. Used only
             with row attention.
-        reduced_rows: which rows `prefill_dtype` applies to (the decoder passes the negative-context
+        kv_dtype: store the KV cache of `reduced_rows` in this dtype (e.g. `torch.bfloat16`: half the
+            memory of fp32); opt-in and not exact: attention over those rows runs in that dtype. Used
+            only with row attention.
+        reduced_rows: which rows `prefill_dtype` and `kv_dtype` apply to (the decoder passes the negative-context
             rows); None = all rows.
         row_attention: force (True) or refuse (False) the RowKVCache + steer_rows attention path;
             None picks it when `supports_row_attention(model)`.
@@ -124,6 +127,7 @@ class RowBatch:
         min_rows: int = 1,
         prefill_dtype: torch.dtype | None = None,
         reduced_rows: Sequence[bool] | None = None,
+        kv_dtype: torch.dtype | None = None,
         row_attention: bool | None = None,
     ) -> None:
         self.model = model
@@ -143,6 +147,7 @@ class RowBatch:
                 RuntimeWarning,
                 stacklevel=2,
             )
+        self.kv_dtype = kv_dtype if self.rows_mode and kv_dtype != self.dtype else None
         self.reduced_rows = list(reduced_rows) if reduced_rows is not None else None
         self._cache_kw, self._keep_kw = forward_keywords(model)
         self.cache = None
@@ -234,7 +239,7 @@ class RowBatch:
             try:
                 out = self._prefill_rows([list(c) or [self.pad_id] for c in contexts])
             except RowAttentionUnsupported:  # e.g. a wrapper that drops its cache argument
-                self.rows_mode, self.prefill_dtype, self.cache = False, None, None
+                self.rows_mode, self.prefill_dtype, self.kv_dtype, self.cache = False, None, None, None
         if not self.rows_mode:
             out = self._prefill_dynamic([list(c) for c in contexts])
         return out.log_softmax(-1) if logprobs else out
@@ -244,14 +249,15 @@ class RowBatch:
         self.positions = torch.tensor(lengths, device=self.device) - 1
         self.cache = RowKVCache(device=self.device, dtype=self.dtype)
         reduced = self.reduced_rows or [True] * len(contexts)
-        if self.prefill_dtype is None or len(reduced) != len(contexts):
+        if (self.prefill_dtype is None and self.kv_dtype is None) or len(reduced) != len(contexts):
             reduced = [False] * len(contexts)
         outs, order = [], []
-        for flag in sorted(set(reduced)):  # exact rows first, then rows prefilled in prefill_dtype
+        for flag in sorted(set(reduced)):  # exact rows first, then rows in prefill_dtype / kv_dtype
             idx = [i for i, r in enumerate(reduced) if r == flag]
+            dtypes = (self.prefill_dtype, self.kv_dtype) if flag else (None, None)
             for bucket in _length_buckets([lengths[i] for i in idx]):
                 rows = [idx[j] for j in bucket]
-                outs.append(self._prefill_segment(contexts, rows, self.prefill_dtype if flag else None))
+                outs.append(self._prefill_segment(contexts, rows, *dtypes))
                 order += rows
         if len(outs) == 1 and order == sorted(order):
             return outs[0]
@@ -260,9 +266,14 @@ class RowBatch:
         return torch.cat(outs).index_select(0, inverse.to(self.device))
 
     def _prefill_segment(
-        self, contexts: list[list[int]], rows: list[int], dtype: torch.dtype | None
+        self,
+        contexts: list[list[int]],
+        rows: list[int],
+        dtype: torch.dtype | None,
+        kv_dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """Prefill rows `rows` into a new segment; returns their logits in that order."""
+        """Prefill rows `rows` (under autocast to `dtype`) into a new segment storing its KV in
+        `kv_dtype` (None: the cache's); returns their logits in that order."""
         names = [self.adapter_names[i] for i in rows] if self.adapter_names is not None else None
         keys = [(tuple(contexts[i]), names[j] if names else None) for j, i in enumerate(rows)]
         slot = {k: s for s, k in enumerate(dict.fromkeys(keys))}  # distinct (context, adapter) -> row
@@ -271,7 +282,7 @@ class RowBatch:
         sub = [contexts[rows[j]] for j in unique]
         sub_names = [names[j] for j in unique] if names else None
         width = max(len(c) for c in sub)
-        seg = Segment(torch.arange(len(sub)), torch.tensor([width - len(c) for c in sub]), 0)
+        seg = Segment(torch.arange(len(sub)), torch.tensor([width - len(c) for c in sub]), 0, dtype=kv_dtype)
         per_chunk = max(1, PREFILL_CHUNK_TOKENS // width)  # rows per forward: bounded activations
         parts = []
         for a in range(0, len(sub), per_chunk):

@@ -45,12 +45,18 @@ class LoadedModels:
             (`shared_weights=True`: base rows run in the same forward as `"__base__"` rows).
         tokenizer: shared by both (vocabularies checked).
         name: a readable identity of the pair, for cache keys.
+        negative_prefill_dtype: prefill the negative-context rows under autocast to this dtype
+            (opt-in, not exact; pays only where that dtype's matmuls are native, e.g. GPUs).
+        negative_kv_dtype: store the negative-context rows' KV cache in this dtype (opt-in, not
+            exact): bf16 halves the largest cache of a STEER batch (K negatives per prompt).
     """
 
     expert: torch.nn.Module
     base: torch.nn.Module | None
     tokenizer: Any
     name: str
+    negative_prefill_dtype: torch.dtype | None = None
+    negative_kv_dtype: torch.dtype | None = None
 
     @property
     def shared_weights(self) -> bool:

@@ -169,6 +169,54 @@ def test_bf16_prefill_is_opt_in_close_and_decodes_in_fp32(tiny_tok, device):
     assert fast.step(tokens).dtype == torch.float32
 
 
+def test_bf16_kv_of_reduced_rows_halves_their_cache_and_leaves_exact_rows_exact(tiny_tok, device):
+    """`kv_dtype` stores only the reduced rows' segments in bf16; every other row stays bit-for-bit
+    what the exact batch computes, through prefill, steps and buffer growth."""
+    model = tiny_model("llama", tiny_tok, seed=3).to(device)
+    ctx = [tiny_tok(t).input_ids for t in TEXTS]
+    reduced = [len(c) > 20 for c in ctx]  # the long rows, as the negative contexts are
+    exact = RowBatch(model, pad_id=0)
+    low = RowBatch(model, pad_id=0, kv_dtype=torch.bfloat16, reduced_rows=reduced)
+    a, b = exact.prefill(ctx), low.prefill(ctx)
+    dtypes = {int(r): seg.keys[0].dtype for seg in low.cache.segments for r in seg.rows}
+    assert all(dtypes[i] == (torch.bfloat16 if r else torch.float32) for i, r in enumerate(reduced))
+    keep = torch.tensor([not r for r in reduced])
+    close(a[keep], b[keep], tol=0.0)
+    assert 0 < (a[~keep] - b[~keep]).abs().max() < 0.25  # bf16 rounding of the long rows' keys
+    for _ in range(70):  # past the segments' spare columns: the buffers grow, keeping their dtype
+        tokens = a.argmax(-1)
+        a, b = exact.step(tokens), low.step(tokens)
+        assert b.dtype == torch.float32
+        close(a[keep], b[keep], tol=0.0)
+    assert {seg.keys[0].dtype for seg in low.cache.segments} == {torch.float32, torch.bfloat16}
+    # merged batches keep bf16 and fp32 segments apart
+    more = RowBatch(model, pad_id=0, kv_dtype=torch.bfloat16, reduced_rows=reduced)
+    more.prefill(ctx)
+    low.merge(more)
+    for seg in low.cache.segments:
+        assert {seg.keys[layer].dtype for layer in range(len(seg.keys))} == {seg.dtype or torch.float32}
+    assert low.step(torch.zeros(2 * len(ctx), dtype=torch.long)).isfinite().all()
+
+
+def test_engine_negative_kv_dtype_is_checked_first_and_changes_the_fingerprint(tiny_tok):
+    with pytest.raises(TypeError, match="negative_kv_dtype.*torch.bfloat16"):
+        SteerEngine("/no/such/model", negative_kv_dtype="bf16")  # refused before any load
+    model = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=2), seed=5)
+    exact = SteerEngine(model, tokenizer=tiny_tok, name="m")
+    low = SteerEngine(model, tokenizer=tiny_tok, name="m", negative_kv_dtype=torch.bfloat16)
+    assert exact.fingerprint() != low.fingerprint()
+    cfg = {"negatives": [[TEXTS[1], TEXTS[3]]] * 2, "max_new_tokens": 8, "seed": 3}
+    a = exact.generate([TEXTS[2], TEXTS[4]], return_scores=True, **cfg)
+    b = low.generate([TEXTS[2], TEXTS[4]], return_scores=True, **cfg)
+    exact.close(), low.close()
+    assert all(len(r.token_ids) > 0 for r in b)
+    assert all(r.finish_reason in ("stop", "length") for r in b)
+    for x, y in zip(a, b, strict=True):  # first step: same tokens kept, scores within bf16 rounding
+        kept = x.scores[0].isfinite()
+        assert torch.equal(kept, y.scores[0].isfinite())
+        assert 0 < (x.scores[0][kept] - y.scores[0][kept]).abs().max() < 0.1
+
+
 def test_other_threads_keep_their_attention_during_a_row_forward(tiny_tok):
     model = tiny_model("llama", tiny_tok, seed=3)
     ids = torch.tensor([tiny_tok(TEXTS[3]).input_ids])
