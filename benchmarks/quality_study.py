@@ -96,12 +96,20 @@ def methods() -> list[tuple[str, str, dict]]:
             (0.4, 0.05),
         )
     ]
+    # the same default with the negative rows' KV cache stored in bf16 (opt-in memory saving)
+    out += [
+        (
+            "γ0.2 η1 α0.1 words, bf16 negative KV",
+            "expert bf16 KV",
+            steer(0.2, 1.0, alpha=0.1, whole_words=True),
+        )
+    ]
     return out
 
 
 def slug(name: str) -> str:
     """File-system name of a set: `γ0.2 η1 α0.1` -> `g0.2_e1_a0.1`."""
-    for a, b in (("γ", "g"), ("η", "e"), ("α", "a"), (" ", "_"), ("(", ""), (")", "")):
+    for a, b in (("γ", "g"), ("η", "e"), ("α", "a"), (",", ""), (" ", "_"), ("(", ""), (")", "")):
         name = name.replace(a, b)
     return name
 
@@ -170,8 +178,11 @@ def generate(args) -> None:
                 if path.exists() and count_jsonl_rows(path) >= stage:
                     continue
                 if which not in engines:
-                    spec = str(args.expert) if which == "expert" else DEFAULT_MODEL
-                    engines[which] = SteerEngine(spec, config=cfg, max_batch_size=args.batch)
+                    spec = str(args.expert) if which.startswith("expert") else DEFAULT_MODEL
+                    low = torch.bfloat16 if which.endswith("bf16 KV") else None
+                    engines[which] = SteerEngine(
+                        spec, config=cfg, max_batch_size=args.batch, negative_kv_dtype=low
+                    )
                 pool = NegativePool(train, seed=seed)
                 cpu0, wall0 = _cpu_seconds(), time.perf_counter()
                 stats = generate_to_file(

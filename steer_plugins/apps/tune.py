@@ -14,6 +14,12 @@
 5. The winner is written as a config file `steer generate --config` loads (`RECIPE_NAME`), with
    `tune.json` (everything tried, why each setting passed or failed) and `report.html`.
 
+Time budget (`max_seconds`; `steer tune --max-minutes`, 15 by default): the anchor and the first
+grid setting always run (the product default's setting goes first when it is in the grid); after
+that, a setting that is not already on disk starts only if the time spent so far plus the mean time
+of the STEER settings run so far fits in the budget. Settings left out are listed in `tune.json`
+(`skipped`) and the report; rerunning with a larger budget runs them and reuses everything finished.
+
 Resumable: each setting's rows go to `<out>/settings/<name>.jsonl`, and its scores to one line of
 `<out>/results.jsonl` keyed by the setting, the engine's fingerprint (weights and config), `n`, the
 seed and the dev split; a rerun with the same key skips it.
@@ -33,8 +39,9 @@ import json
 import math
 import os
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +55,7 @@ __all__ = [
     "DEFAULT_ETAS",
     "DEFAULT_ALPHAS",
     "DEFAULT_WHOLE_WORDS",
+    "DEFAULT_MAX_MINUTES",
     "SEARCHED_FIELDS",
     "meets_budget",
     "best_setting",
@@ -57,6 +65,7 @@ __all__ = [
     "run_tune",
     "Tuned",
     "load_tuned",
+    "default_first",
 ]
 
 RECIPE_NAME = "steer_tuned.json"
@@ -67,6 +76,8 @@ DEFAULT_ALPHAS: tuple[float | None, ...] = (0.1,)
 """The default grid: 6 settings. Without the head mask, η >= 0.8 collapses into invented words (the
 quality study); `--alphas none,0.1` adds the unmasked settings."""
 DEFAULT_WHOLE_WORDS: tuple[bool, ...] = (True,)
+DEFAULT_MAX_MINUTES = 15.0
+"""`steer tune`'s default time budget (see the module docstring)."""
 ANCHOR = "anchor γ0 η0"
 
 
@@ -208,6 +219,16 @@ class _Run:
     key_base: dict[str, Any]
     done: dict[str, dict[str, Any]]
     on_setting: Callable[[str, dict[str, Any]], None] | None = None
+    max_seconds: float | None = None
+    started: float = 0.0
+    steer_seconds: list[float] = field(default_factory=list)  # wall time of each fresh STEER setting
+
+    def fits(self) -> bool:
+        """Whether one more fresh STEER setting fits in the time budget (always before the first)."""
+        if self.max_seconds is None or not self.steer_seconds:
+            return True
+        estimate = sum(self.steer_seconds) / len(self.steer_seconds)
+        return time.monotonic() - self.started + estimate <= self.max_seconds
 
     def key(self, setting: Setting | None) -> str:
         """Hash of what decides a setting's result (the setting, weights+config, n, seed, dev split)."""
@@ -233,8 +254,9 @@ def _score(run: _Run, name: str, path: Path, *, ci: bool) -> dict[str, Any]:
     return row
 
 
-def _try(run: _Run, setting: Setting | None) -> dict[str, Any]:
-    """Generate (or resume) and score one setting (None = the anchor); cached in results.jsonl."""
+def _try(run: _Run, setting: Setting | None) -> dict[str, Any] | None:
+    """Generate (or resume) and score one setting (None = the anchor); cached in results.jsonl.
+    Returns None for a setting not on disk that does not fit in the time budget."""
     from .data_io import append_jsonl
     from .pipeline import generate_to_file
 
@@ -244,7 +266,11 @@ def _try(run: _Run, setting: Setting | None) -> dict[str, Any]:
         if run.on_setting is not None:
             run.on_setting(name, run.done[key])
         return run.done[key]
+    if setting is not None and not run.fits():
+        return None
     from ..core.negatives import NegativePool
+
+    t0 = time.monotonic()
 
     slug = "anchor" if setting is None else setting.slug
     path = run.out / "settings" / f"{slug}.jsonl"
@@ -263,6 +289,8 @@ def _try(run: _Run, setting: Setting | None) -> dict[str, Any]:
     }
     append_jsonl(run.out / "results.jsonl", [record])
     run.done[key] = record
+    if setting is not None:
+        run.steer_seconds.append(time.monotonic() - t0)
     if run.on_setting is not None:
         run.on_setting(name, record)
     return record
@@ -290,7 +318,11 @@ def _rank(run: _Run, anchor: dict[str, Any], tried: Mapping[Setting, dict[str, A
 
 
 def _write_outputs(
-    run: _Run, anchor: dict[str, Any], tried: dict[Setting, dict[str, Any]], settings: Mapping[str, Any]
+    run: _Run,
+    anchor: dict[str, Any],
+    tried: dict[Setting, dict[str, Any]],
+    settings: Mapping[str, Any],
+    skipped: Sequence[Setting] = (),
 ) -> dict[str, Any]:
     """tune.json, the recipe of the winner and report.html; returns the tune.json content."""
     rows: dict[str, dict[str, Any]] = {ANCHOR: {**anchor["scores"], "misses": []}}
@@ -321,6 +353,9 @@ def _write_outputs(
             for r in [anchor, *tried.values()]
         ],
         "recipe": str(recipe_path),
+        "time_budget_s": run.max_seconds,
+        "elapsed_s": round(time.monotonic() - run.started, 1),
+        "skipped": [s.name for s in skipped],
     }
     (run.out / "tune.json").write_text(
         json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
@@ -331,6 +366,11 @@ def _write_outputs(
     samples.update({s.name: _texts(run.out / "settings" / f"{s.slug}.jsonl", run.n) for s in tried})
     notes = [f"winner: {result['winner']} ({json.dumps(chosen)}); recipe: {recipe_path.name}"]
     notes += [f"{name}: misses {'; '.join(r['misses'])}" for name, r in rows.items() if r["misses"]]
+    if skipped:
+        notes.append(
+            f"not tried within the time budget ({run.max_seconds:.0f} s): {', '.join(s.name for s in skipped)}; "
+            "rerun with a larger budget to add them (finished settings are reused)"
+        )
     points = [
         (name, r.get(run.budget.diversity, math.nan), r.get("cosine_centroid", math.nan))
         for name, r in rows.items()
@@ -369,6 +409,7 @@ def run_tune(
     close_with: str | None = None,
     settings: Mapping[str, Any] | None = None,
     on_setting: Callable[[str, dict[str, Any]], None] | None = None,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Search (γ, η, α) for the most diverse setting within `budget`; see the module docstring.
 
@@ -387,6 +428,8 @@ def run_tune(
         close_with: re-append this stop string (e.g. "?") to texts that ended on it.
         settings: run keys (expert, pool, prompt, ...) and `config` fields copied into the recipe.
         on_setting: called with (name, record) after each setting is scored (progress).
+        max_seconds: the time budget (None: no limit); settings that do not fit are skipped and
+            listed in the result's `skipped`.
 
     Returns:
         The content of `tune.json` (winner, its setting, every row with its misses, the recipe path).
@@ -419,19 +462,41 @@ def run_tune(
         key_base,
         _load_done(out / "results.jsonl"),
         on_setting,
+        max_seconds,
+        time.monotonic(),
     )
     anchor = _try(run, None)
+    assert anchor is not None  # the anchor always runs
     tried: dict[Setting, dict[str, Any]] = {}
-    for setting in grid if grid is not None else initial_grid():
-        tried[setting] = _try(run, setting)
+    skipped: list[Setting] = []
+
+    def attempt(setting: Setting) -> None:
+        record = _try(run, setting)
+        if record is None:
+            skipped.append(setting)
+        else:
+            tried[setting] = record
+
+    for setting in default_first(grid if grid is not None else initial_grid()):
+        attempt(setting)
     for _ in range(max(0, rounds)):
         centre = _rank(run, anchor, tried)
-        fresh = [s for s in refine_points(centre) if s not in tried] if centre else []
+        fresh = [s for s in refine_points(centre) if s not in tried and s not in skipped] if centre else []
         if not fresh:
             break
         for setting in fresh:
-            tried[setting] = _try(run, setting)
-    return _write_outputs(run, anchor, tried, dict(settings or {}))
+            attempt(setting)
+    return _write_outputs(run, anchor, tried, dict(settings or {}), skipped)
+
+
+def default_first(grid: Sequence[Setting]) -> list[Setting]:
+    """`grid` with the product default's setting (`SteerConfig()`) first when it is in it: under a
+    tight time budget the default is always measured."""
+    from ..core.config import SteerConfig
+
+    cfg = SteerConfig()
+    default = Setting(cfg.gamma, cfg.eta, cfg.alpha, cfg.whole_words)
+    return sorted(grid, key=lambda s: s != default)
 
 
 @dataclass(frozen=True)

@@ -129,3 +129,42 @@ def test_tune_user_errors(tmp_path, real_file, capsys):
     assert "unknown metric" in capsys.readouterr().err
     assert main(["tune", real_file, "--out", str(tmp_path), "--etas", "a,b"]) == 2
     assert "not a number" in capsys.readouterr().err
+
+
+def test_tune_time_budget_skips_what_does_not_fit_and_a_rerun_adds_it(
+    tmp_path, tiny_model_dir, real_file, capsys
+):
+    out = tmp_path / "tuned"
+    argv = ["tune", real_file, "--expert", tiny_model_dir, "--prompt", "Write a question:", "--out", str(out),
+            "--n", "4", "--max-new-tokens", "5", "--num-negatives", "2", "--seed", "0", "--gammas", "0",
+            "--etas", "0.3,0.5,0.7", "--alphas", "none", "--no-whole-words", "--rounds", "1",
+            "--fidelity-metrics", "none", "--diversity-metric", "distinct_2", "--invented-slack", "100",
+            "--resamples", "10", "--quiet"]  # fmt: skip
+    # a budget of 6 ms: the anchor and the first grid setting run, nothing else is started
+    assert main([*argv, "--max-minutes", "0.0001"]) == 0
+    assert "not tried within --max-minutes" in capsys.readouterr().out
+    first = json.loads((out / "tune.json").read_text())
+    assert [t["name"] for t in first["tried"]] == ["anchor γ0 η0", "γ0 η0.3"]
+    assert first["skipped"][:2] == ["γ0 η0.5", "γ0 η0.7"] and first["time_budget_s"] == pytest.approx(0.006)
+    assert "not tried within the time budget" in (out / "report.html").read_text()
+    done = read_jsonl(out / "results.jsonl")
+    assert len(done) == 2
+    # no limit: the skipped settings run, the two finished ones are reused as they are
+    assert main([*argv, "--max-minutes", "0"]) == 0
+    second = json.loads((out / "tune.json").read_text())
+    assert second["skipped"] == [] and second["time_budget_s"] is None
+    assert {"γ0 η0.5", "γ0 η0.7"} <= {t["name"] for t in second["tried"]}
+    again = read_jsonl(out / "results.jsonl")
+    assert again[:2] == done and len({r["key"] for r in again}) == len(again) >= 4
+    assert main([*argv, "--max-minutes", "-1"]) == 2
+
+
+def test_the_product_default_setting_is_tried_first():
+    from steer_plugins import SteerConfig
+    from steer_plugins.apps.tune import default_first
+
+    cfg = SteerConfig()
+    grid = initial_grid([0.0, 0.2], [0.6, 1.0, 1.5], [0.1], [True])
+    ordered = default_first(grid)
+    assert ordered[0] == Setting(cfg.gamma, cfg.eta, cfg.alpha, cfg.whole_words) and set(ordered) == set(grid)
+    assert default_first(grid[:2]) == grid[:2]  # no default in the grid: the order is kept

@@ -12,6 +12,7 @@ from ..tune import (
     DEFAULT_ALPHAS,
     DEFAULT_ETAS,
     DEFAULT_GAMMAS,
+    DEFAULT_MAX_MINUTES,
     DEFAULT_WHOLE_WORDS,
     RECIPE_NAME,
     SEARCHED_FIELDS,
@@ -42,7 +43,7 @@ A dev split of the real examples (--dev-fraction) scores every setting; the rest
 The anchor is plain sampling from the expert (gamma = eta = 0). A setting meets the budget when each
 --fidelity-metrics value is no worse than the anchor's 95% bootstrap interval allows and its invented-word
 rate is at most the anchor's + --invented-slack points. The grid (--gammas x --etas x --alphas) is tried,
-then --rounds of refinement around the best. Writes tuned/{RECIPE_NAME} (the winner, a config file for
+then --rounds of refinement around the best, within --max-minutes (the product default's setting first). Writes tuned/{RECIPE_NAME} (the winner, a config file for
 steer generate), tuned/tune.json (every setting, its scores, why it passed or failed), tuned/report.html,
 tuned/settings/*.jsonl and tuned/results.jsonl. Interrupted? Rerun: finished settings are skipped.
 """
@@ -80,6 +81,13 @@ def add_parser(subs: Any) -> argparse.ArgumentParser:
     t.add_argument("--etas", default=",".join(f"{e:g}" for e in DEFAULT_ETAS))
     t.add_argument("--alphas", default=",".join("none" if a is None else f"{a:g}" for a in DEFAULT_ALPHAS))
     t.add_argument("--rounds", type=int, default=1, help="refinement rounds after the grid")
+    t.add_argument(
+        "--max-minutes",
+        type=float,
+        default=DEFAULT_MAX_MINUTES,
+        help="time budget: a setting starts only if it is expected to finish within it (the anchor and "
+        "the first grid setting always run; 0 = no limit; default %(default)s)",
+    )
     t.add_argument("--fidelity-metrics", default=",".join(Budget().within), help="'none' for no such check")
     t.add_argument("--invented-slack", type=float, default=0.5, help="points above the anchor's rate")
     t.add_argument("--diversity-metric", default=Budget().diversity)
@@ -144,8 +152,8 @@ def run(args: argparse.Namespace) -> int:
         # --whole-words / --no-whole-words fixes the grid's mode; neither tries the default modes
         DEFAULT_WHOLE_WORDS if fields.get("whole_words") is None else (fields["whole_words"],),
     )
-    if args.n < 2 or args.rounds < 0 or args.resamples < 2:
-        raise CLIError("--n and --resamples must be >= 2, --rounds >= 0")
+    if args.n < 2 or args.rounds < 0 or args.resamples < 2 or args.max_minutes < 0:
+        raise CLIError("--n and --resamples must be >= 2, --rounds and --max-minutes >= 0")
     set_threads(settings.get("threads"))
     engine = build_engine(settings, make_config(fields), pool=None)
     bar = None
@@ -170,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
             engine, prompt, real, args.out, n=args.n, dev_fraction=args.dev_fraction, budget=budget,
             grid=grid, rounds=args.rounds, seed=fields.get("seed") or 0, resamples=args.resamples,
             close_with=args.close_with, settings=_recipe_settings(args, fields, prompt), on_setting=step,
+            max_seconds=args.max_minutes * 60 or None,
         )  # fmt: skip
     finally:
         if bar is not None:
@@ -179,6 +188,11 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows))
     for name, row in result["results"].items():
         print(f"  {name}: {'meets the budget' if not row['misses'] else '; '.join(row['misses'])}")
+    if result["skipped"]:
+        print(
+            f"  not tried within --max-minutes {args.max_minutes:g}: {', '.join(result['skipped'])} "
+            "(rerun with a larger --max-minutes to add them; finished settings are reused)"
+        )
     print(f"winner: {result['winner']} {json.dumps(result['winner_setting'])}")
     print(f"recipe: {result['recipe']}  (steer generate --config {result['recipe']} --n N --out FILE)")
     print(f"report: {Path(args.out) / 'report.html'}; {time.perf_counter() - t0:.0f} s")
