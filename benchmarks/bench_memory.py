@@ -11,8 +11,8 @@ loaded process. The workload is `bench_speed.py`'s: SmolLM2-135M-Instruct (fp32)
 LoRA expert, K real negatives per prompt drawn from the astronomy hypotheses, forced new tokens.
 
 Configurations: plain `generate()` of the expert (the baseline), the engine at the product defaults
-(exact fp32 KV cache), and the engine with the negative rows' KV stored in bf16
-(`negative_kv_dtype`, opt-in).
+(exact fp32 KV cache), and the engine with the base and negative rows' KV stored in bf16
+(`guidance_kv_dtype`, opt-in; the expert's own rows stay fp32).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ("plain", "engine", "engine bf16 negative KV")
+CONFIGS = ("plain", "engine", "engine bf16 guidance KV")
 
 
 def _status_mb(field: str) -> float:
@@ -67,9 +67,10 @@ def child(config: str, batch: int, tokens: int, k: int, threads: int) -> dict:
                 pad_token_id=tok.pad_token_id or tok.eos_token_id,
             )  # fmt: skip
     else:
-        engine = SteerEngine(expert, tokenizer=tok, config=SteerConfig(num_negatives=k))
-        if config.endswith("bf16 negative KV"):
-            engine.models.negative_kv_dtype = torch.bfloat16
+        low = torch.bfloat16 if config.endswith("bf16 guidance KV") else None
+        engine = SteerEngine(
+            expert, tokenizer=tok, config=SteerConfig(num_negatives=k), guidance_kv_dtype=low
+        )
         engine.generate(prompts, negatives=negs, max_new_tokens=tokens, ignore_eos=True, seed=1)
     seconds = time.perf_counter() - t0
     peak = _status_mb("VmHWM")

@@ -96,7 +96,7 @@ def methods() -> list[tuple[str, str, dict]]:
             (0.4, 0.05),
         )
     ]
-    # the same default with the negative rows' KV cache stored in bf16 (opt-in memory saving)
+    # the same default with the base and negative rows' KV cache stored in bf16 (opt-in memory saving)
     out += [
         (
             "γ0.2 η1 α0.1 words, bf16 negative KV",
@@ -181,7 +181,7 @@ def generate(args) -> None:
                     spec = str(args.expert) if which.startswith("expert") else DEFAULT_MODEL
                     low = torch.bfloat16 if which.endswith("bf16 KV") else None
                     engines[which] = SteerEngine(
-                        spec, config=cfg, max_batch_size=args.batch, negative_kv_dtype=low
+                        spec, config=cfg, max_batch_size=args.batch, guidance_kv_dtype=low
                     )
                 pool = NegativePool(train, seed=seed)
                 cpu0, wall0 = _cpu_seconds(), time.perf_counter()

@@ -102,39 +102,46 @@ def _build_groups(
 ) -> list[_Group]:
     """Plan the rows of `jobs` (numbered from `first_index`) and group them into RowBatches.
     `negative_prefill_dtype` (default: `models.negative_prefill_dtype` when set) prefills the
-    negative-context rows in that dtype, and `models.negative_kv_dtype` stores their KV cache in its
-    dtype: both opt-in and not exact (see `RowBatch`)."""
+    negative-context rows in that dtype, and `models.guidance_kv_dtype` stores the KV cache of every
+    row but the heads (base and negative rows) in its dtype: both opt-in and not exact (see `RowBatch`)."""
     base_is_expert = models.base is models.expert
     expert_rows: list[_Row] = []
     base_rows: list[_Row] = []
     negative: set[int] = set()  # id() of the negative-context rows
+    guidance: set[int] = set()  # id() of every row but the heads (base and negative rows)
     for i, job in enumerate(jobs, start=first_index):
         e, b = _plan_rows(i, job, base_is_expert)
         expert_rows += e
         base_rows += b
         negative.update(id(r) for r in e if any(r.context is c for c in job.negative_contexts))
+        guidance.update(id(r) for r in e + b if r.slot != 0)
     low = negative_prefill_dtype or models.negative_prefill_dtype
-    kv_low = models.negative_kv_dtype
+    kv_low = models.guidance_kv_dtype
+    common = {
+        "pad_id": pad_id,
+        "min_rows": min_rows,
+        "new_tokens": max(j.config.max_new_tokens for j in jobs),
+    }
 
-    def expert_batch(rows: list[_Row], **kw) -> _Group:
-        if low is not None or kv_low is not None:
-            kw.update(prefill_dtype=low, kv_dtype=kv_low, reduced_rows=[id(r) in negative for r in rows])
-        return _Group(RowBatch(models.expert, pad_id=pad_id, min_rows=min_rows, **kw), rows)
+    def batch(model, rows: list[_Row], **kw) -> _Group:
+        if kv_low is not None:  # prefill_dtype goes with kv_dtype: both apply to `reduced_rows`
+            kw.update(kv_dtype=kv_low, reduced_rows=[id(r) in guidance for r in rows])
+        elif low is not None:
+            kw.update(reduced_rows=[id(r) in negative for r in rows])
+        if low is not None:
+            kw.update(prefill_dtype=low)
+        return _Group(RowBatch(model, **common, **kw), rows)
 
     if models.shared_weights and base_rows and peft_mode == "mixed":
         active = models.expert.active_adapter
         names = [active] * len(expert_rows) + ["__base__"] * len(base_rows)
-        return [expert_batch(expert_rows + base_rows, adapter_names=names)]
-    groups = [expert_batch(expert_rows)]
+        return [batch(models.expert, expert_rows + base_rows, adapter_names=names)]
+    groups = [batch(models.expert, expert_rows)]
     if base_rows:
         if models.shared_weights:
-            groups.append(
-                _Group(
-                    RowBatch(models.expert, pad_id=pad_id, disable_adapter=True, min_rows=min_rows), base_rows
-                )
-            )
+            groups.append(batch(models.expert, base_rows, disable_adapter=True))
         else:
-            groups.append(_Group(RowBatch(models.base, pad_id=pad_id, min_rows=min_rows), base_rows))
+            groups.append(batch(models.base, base_rows))
     return groups
 
 

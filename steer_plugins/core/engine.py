@@ -58,9 +58,10 @@ class SteerEngine:
             config path plus their id in memory, which differs between processes).
         min_forward_rows: run forwards of 2-3 rows as 4 (default on CPU, where MKL's small-GEMM kernel
             makes 2-3 rows slower than 4; see benchmarks/bench_speed.py); 1 turns padding off.
-        negative_kv_dtype: store the negative-context rows' KV cache in this dtype, e.g.
-            `torch.bfloat16`: opt-in and not exact (scores move by about 1e-2), for batches whose
-            memory is dominated by K negatives per prompt (half the largest cache at B = 32; see
+        guidance_kv_dtype: store the KV cache of the rows that only guide (the base on the prompt,
+            the expert on each negative context) in this dtype, e.g. `torch.bfloat16`; the expert's
+            own row (the head) stays exact. Opt-in and not exact (scores move by about 1e-2): for
+            batches whose memory is dominated by K negatives per prompt (see
             benchmarks/bench_memory.py). Part of `fingerprint()`.
 
     Example:
@@ -85,7 +86,7 @@ class SteerEngine:
         coalesce_ms: float = 5.0,
         min_forward_rows: int | None = None,
         name: str | None = None,
-        negative_kv_dtype: torch.dtype | None = None,
+        guidance_kv_dtype: torch.dtype | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"`max_batch_size` must be >= 1, got {max_batch_size}")
@@ -93,17 +94,17 @@ class SteerEngine:
             raise TypeError(
                 f"`config` must be a SteerConfig, got {type(config).__name__}: SteerConfig(**fields)"
             )
-        if negative_kv_dtype is not None and not (
-            isinstance(negative_kv_dtype, torch.dtype) and negative_kv_dtype.is_floating_point
+        if guidance_kv_dtype is not None and not (
+            isinstance(guidance_kv_dtype, torch.dtype) and guidance_kv_dtype.is_floating_point
         ):
             raise TypeError(
-                f"`negative_kv_dtype` must be a floating torch.dtype such as torch.bfloat16, got {negative_kv_dtype!r}"
+                f"`guidance_kv_dtype` must be a floating torch.dtype such as torch.bfloat16, got {guidance_kv_dtype!r}"
             )
         self.config = config or SteerConfig()
         self.models: LoadedModels = load_models(
             expert, base, tokenizer, device=device, dtype=dtype, trust_remote_code=trust_remote_code
         )
-        self.models.negative_kv_dtype = negative_kv_dtype
+        self.models.guidance_kv_dtype = guidance_kv_dtype
         self.tokenizer = self.models.tokenizer
         self._name = name
         self.pool = pool if isinstance(pool, NegativePool) else NegativePool(pool or ())
@@ -138,7 +139,7 @@ class SteerEngine:
 
         cfg = self.config.merged(**overrides)
         blob = f"{self.name}|{self.models.name}|{cfg.fingerprint()}"
-        for field in ("negative_prefill_dtype", "negative_kv_dtype"):  # not exact: other outputs
+        for field in ("negative_prefill_dtype", "guidance_kv_dtype"):  # not exact: other outputs
             if getattr(self.models, field) is not None:
                 blob += f"|{field}={getattr(self.models, field)}"
         return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -53,9 +53,19 @@ class Segment:
         """Columns attention reads for this segment (from its earliest start to its end)."""
         return self.end - int(self.starts.min()) if len(self) else 0
 
-    def write(self, layer: int, key: torch.Tensor, value: torch.Tensor, q: int, reserve: int, dtype) -> None:
+    def write(
+        self,
+        layer: int,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        q: int,
+        reserve: int,
+        dtype,
+        room: int | None,
+    ) -> None:
         if layer == len(self.keys):  # first forward of a fresh segment: allocate
-            shape = (len(self), key.shape[1], self.end + q + _spare(self.end + q, reserve), key.shape[3])
+            extra = _spare(self.end + q, reserve) if room is None else room
+            shape = (len(self), key.shape[1], self.end + q + extra, key.shape[3])
             dtype = self.dtype or dtype or key.dtype
             self.keys.append(key.new_empty(shape, dtype=dtype))
             self.values.append(value.new_empty(shape[:3] + (value.shape[3],), dtype=dtype))
@@ -128,13 +138,22 @@ class RowKVCache:
         device: where the model runs (index tensors and masks are made there).
         dtype: storage dtype (None: that of the first keys written, i.e. the model's).
         reserve: spare columns allocated after a segment's end (the buffers grow by this much).
+        room: columns to allocate after a fresh segment's prefill when the caller knows how many
+            tokens its rows will add (`max_new_tokens`): the buffers then never grow (no copy, no
+            spare). None: `reserve`'s rule.
     """
 
     is_compileable = False
 
     def __init__(
-        self, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, reserve: int = 64
+        self,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        reserve: int = 64,
+        room: int | None = None,
     ) -> None:
+        self.room = room
         self.segments: list[Segment] = []
         self.active: list[Segment] = []
         self.device, self.dtype, self.reserve = torch.device(device), dtype, reserve
@@ -176,7 +195,7 @@ class RowKVCache:
                 k, v = key[seg.sel], value[seg.sel]
             else:
                 k, v = key.index_select(0, seg.sel), value.index_select(0, seg.sel)
-            seg.write(layer_idx, k, v, self.q, self.reserve, self.dtype)
+            seg.write(layer_idx, k, v, self.q, self.reserve, self.dtype, self.room)
         return key, value
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

@@ -113,6 +113,8 @@ class RowBatch:
             only with row attention.
         reduced_rows: which rows `prefill_dtype` and `kv_dtype` apply to (the decoder passes the negative-context
             rows); None = all rows.
+        new_tokens: how many tokens the rows will add at most (`max_new_tokens`): with row attention
+            the cache is allocated once with that much room and never grows. None: grow as needed.
         row_attention: force (True) or refuse (False) the RowKVCache + steer_rows attention path;
             None picks it when `supports_row_attention(model)`.
     """
@@ -128,8 +130,10 @@ class RowBatch:
         prefill_dtype: torch.dtype | None = None,
         reduced_rows: Sequence[bool] | None = None,
         kv_dtype: torch.dtype | None = None,
+        new_tokens: int | None = None,
         row_attention: bool | None = None,
     ) -> None:
+        self.new_tokens = new_tokens
         self.model = model
         self.min_rows = min_rows
         self.num_real = 0
@@ -247,7 +251,7 @@ class RowBatch:
     def _prefill_rows(self, contexts: list[list[int]]) -> torch.Tensor:
         lengths = [len(c) for c in contexts]
         self.positions = torch.tensor(lengths, device=self.device) - 1
-        self.cache = RowKVCache(device=self.device, dtype=self.dtype)
+        self.cache = RowKVCache(device=self.device, dtype=self.dtype, room=self.new_tokens)
         reduced = self.reduced_rows or [True] * len(contexts)
         if (self.prefill_dtype is None and self.kv_dtype is None) or len(reduced) != len(contexts):
             reduced = [False] * len(contexts)

@@ -47,8 +47,9 @@ class LoadedModels:
         name: a readable identity of the pair, for cache keys.
         negative_prefill_dtype: prefill the negative-context rows under autocast to this dtype
             (opt-in, not exact; pays only where that dtype's matmuls are native, e.g. GPUs).
-        negative_kv_dtype: store the negative-context rows' KV cache in this dtype (opt-in, not
-            exact): bf16 halves the largest cache of a STEER batch (K negatives per prompt).
+        guidance_kv_dtype: store the KV cache of the base and negative-context rows (every row but
+            the heads) in this dtype (opt-in, not exact): bf16 halves the largest cache of a STEER
+            batch (K negatives per prompt).
     """
 
     expert: torch.nn.Module
@@ -56,7 +57,7 @@ class LoadedModels:
     tokenizer: Any
     name: str
     negative_prefill_dtype: torch.dtype | None = None
-    negative_kv_dtype: torch.dtype | None = None
+    guidance_kv_dtype: torch.dtype | None = None
 
     @property
     def shared_weights(self) -> bool:

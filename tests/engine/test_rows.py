@@ -198,12 +198,32 @@ def test_bf16_kv_of_reduced_rows_halves_their_cache_and_leaves_exact_rows_exact(
     assert low.step(torch.zeros(2 * len(ctx), dtype=torch.long)).isfinite().all()
 
 
-def test_engine_negative_kv_dtype_is_checked_first_and_changes_the_fingerprint(tiny_tok):
-    with pytest.raises(TypeError, match="negative_kv_dtype.*torch.bfloat16"):
-        SteerEngine("/no/such/model", negative_kv_dtype="bf16")  # refused before any load
+def test_known_new_tokens_allocate_the_cache_once(tiny_tok):
+    """With `new_tokens` the buffers get exactly that much room at prefill and are never copied to
+    grow; the scores are those of a batch that grows as it goes."""
+    model = tiny_model("llama", tiny_tok, seed=3)
+    ctx = [tiny_tok(t).input_ids for t in TEXTS]
+    growing, sized = RowBatch(model, pad_id=0), RowBatch(model, pad_id=0, new_tokens=40)
+    a, b = growing.prefill(ctx), sized.prefill(ctx)
+    buffers, grown = (
+        [seg.keys[0] for seg in sized.cache.segments],
+        [s.keys[0] for s in growing.cache.segments],
+    )
+    assert [t.shape[2] for t in buffers] == [seg.end + 40 for seg in sized.cache.segments]
+    for _ in range(39):
+        tokens = a.argmax(-1)
+        a, b = growing.step(tokens), sized.step(tokens)
+        close(a, b, tol=1e-5)
+    assert all(seg.keys[0] is t for seg, t in zip(sized.cache.segments, buffers, strict=True))
+    assert any(seg.keys[0] is not t for seg, t in zip(growing.cache.segments, grown, strict=True))
+
+
+def test_engine_guidance_kv_dtype_is_checked_first_and_changes_the_fingerprint(tiny_tok):
+    with pytest.raises(TypeError, match="guidance_kv_dtype.*torch.bfloat16"):
+        SteerEngine("/no/such/model", guidance_kv_dtype="bf16")  # refused before any load
     model = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=2), seed=5)
     exact = SteerEngine(model, tokenizer=tiny_tok, name="m")
-    low = SteerEngine(model, tokenizer=tiny_tok, name="m", negative_kv_dtype=torch.bfloat16)
+    low = SteerEngine(model, tokenizer=tiny_tok, name="m", guidance_kv_dtype=torch.bfloat16)
     assert exact.fingerprint() != low.fingerprint()
     cfg = {"negatives": [[TEXTS[1], TEXTS[3]]] * 2, "max_new_tokens": 8, "seed": 3}
     a = exact.generate([TEXTS[2], TEXTS[4]], return_scores=True, **cfg)
