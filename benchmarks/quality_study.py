@@ -99,7 +99,7 @@ def methods() -> list[tuple[str, str, dict]]:
     # the same default with the base and negative rows' KV cache stored in bf16 (opt-in memory saving)
     out += [
         (
-            "γ0.2 η1 α0.1 words, bf16 negative KV",
+            "γ0.2 η1 α0.1 words, bf16 guidance KV",
             "expert bf16 KV",
             steer(0.2, 1.0, alpha=0.1, whole_words=True),
         )
