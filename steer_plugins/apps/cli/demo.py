@@ -127,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         engine.close()
     a, b = _closed(steer), _closed(plain)
     _print_side_by_side(a, b, label)
-    results = _scores(a, b, seeds, args)
+    with quiet_loading():  # the scoring embedding model loads here: no weight-loading bar either
+        results = _scores(a, b, seeds, args)
     print()
     print(format_table(results))
     n = next(iter(results.values()))["sample_size"]
