@@ -269,6 +269,11 @@ def main() -> None:
         "--bf16-negatives", action="store_true", help="also run the engine with bf16 negative prefill"
     )
     ap.add_argument(
+        "--bf16-guidance-kv",
+        action="store_true",
+        help="also run the engine with the base and negative rows' KV cache in bf16 (opt-in)",
+    )
+    ap.add_argument(
         "--skip", nargs="*", default=[], help="skip configurations whose name contains these words"
     )
     ap.add_argument("--device", default="cpu")
@@ -291,6 +296,10 @@ def main() -> None:
         fast = SteerEngine(expert, tokenizer=tok, config=SteerConfig(**cfg))
         fast.models.negative_prefill_dtype = torch.bfloat16
         engines["STEER engine, bf16 negative prefill (opt-in)"] = fast
+    if args.bf16_guidance_kv:
+        engines["STEER engine, bf16 guidance KV (opt-in)"] = SteerEngine(
+            expert, tokenizer=tok, config=SteerConfig(**cfg), guidance_kv_dtype=torch.bfloat16
+        )
     if args.before:
         old = load_before_engine()
         engines[f"STEER engine before ({BEFORE_COMMIT})"] = old.SteerEngine(
