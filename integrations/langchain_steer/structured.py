@@ -37,7 +37,7 @@ from typing import Any, Literal
 from langchain_core.exceptions import OutputParserException
 from langchain_core.output_parsers import BaseOutputParser
 from langchain_core.outputs import ChatGeneration, Generation
-from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 from typing_extensions import is_typeddict
 
@@ -214,7 +214,10 @@ def structured_output(
         return llm | parser
     parse_raw = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
     no_parse = RunnablePassthrough.assign(parsed=lambda _: None)
-    return RunnableMap(raw=llm) | parse_raw.with_fallbacks([no_parse], exception_key="parsing_error")
+    # `llm` first in the sequence, so per-call keywords (`.invoke(x, seed=0)`) reach the model; a
+    # `RunnableMap(raw=llm)` first step would drop them
+    as_raw = RunnableLambda(lambda message: {"raw": message}, name="as_raw")
+    return llm | as_raw | parse_raw.with_fallbacks([no_parse], exception_key="parsing_error")
 
 
 def _traceable(schema: Any) -> Any:

@@ -62,10 +62,13 @@ def test_include_raw(chat):
 
 def test_length_cut_is_never_parsed(chat):
     schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
-    short = chat.bind(max_new_tokens=12)
+    # per-call keywords reach the model through both forms (LangChain's `bind(...)` before
+    # `with_structured_output` would be dropped by RunnableBinding, for any chat model)
+    raw, plain = chat.with_structured_output(schema, include_raw=True), chat.with_structured_output(schema)
     cut = []
     for seed in range(4):
-        out = short.with_structured_output(schema, include_raw=True).invoke("x", seed=seed)
+        out = raw.invoke("x", seed=seed, max_new_tokens=12)
+        assert out["raw"].content == raw.invoke("x", seed=seed, max_new_tokens=12)["raw"].content  # seeded
         if out["raw"].response_metadata["finish_reason"] == "length":
             assert out["parsed"] is None and "max_new_tokens" in str(out["parsing_error"])
             cut.append(seed)
@@ -73,7 +76,7 @@ def test_length_cut_is_never_parsed(chat):
             assert isinstance(out["parsed"]["a"], str)
     assert cut, "an unbounded string within 12 tokens should be cut for some seed"
     with pytest.raises(OutputParserException, match="max_new_tokens"):
-        short.with_structured_output(schema).invoke("x", seed=cut[0])
+        plain.invoke("x", seed=cut[0], max_new_tokens=12)
     with pytest.raises(OutputParserException, match="max_new_tokens"):
         SteerJsonParser().parse_result([_cut_generation()])
 
