@@ -468,6 +468,15 @@ def run_tune(
     )
     anchor = _try(run, None)
     assert anchor is not None  # the anchor always runs
+    tried, skipped = _search(run, anchor, grid if grid is not None else initial_grid(), rounds)
+    return _write_outputs(run, anchor, tried, dict(settings or {}), skipped)
+
+
+def _search(
+    run: _Run, anchor: dict[str, Any], grid: Sequence[Setting], rounds: int
+) -> tuple[dict[Setting, dict[str, Any]], list[Setting]]:
+    """The grid (the product default first), then `rounds` of refinement around the best setting;
+    returns (setting -> record of those tried, settings skipped by the time budget)."""
     tried: dict[Setting, dict[str, Any]] = {}
     skipped: list[Setting] = []
 
@@ -478,7 +487,7 @@ def run_tune(
         else:
             tried[setting] = record
 
-    for setting in default_first(grid if grid is not None else initial_grid()):
+    for setting in default_first(grid):
         attempt(setting)
     for _ in range(max(0, rounds)):
         centre = _rank(run, anchor, tried)
@@ -487,7 +496,7 @@ def run_tune(
             break
         for setting in fresh:
             attempt(setting)
-    return _write_outputs(run, anchor, tried, dict(settings or {}), skipped)
+    return tried, skipped
 
 
 def default_first(grid: Sequence[Setting]) -> list[Setting]:
