@@ -34,6 +34,7 @@ from .kv_cache import RowKVCache, Segment, pad_left, select_dynamic
 __all__ = ["RowBatch", "UnmergeableCache", "forward_keywords"]
 
 ROW_SCALED_LORA = True  # route expert/base rows of a LoRA expert by per-row LoRA scaling (see below)
+MAX_ROOM = 256  # columns reserved up front for `new_tokens`; longer outputs grow the cache as they go
 PREFILL_CHUNK_TOKENS = 4096  # tokens per prefill forward with row attention (caps activation memory)
 
 
@@ -114,7 +115,9 @@ class RowBatch:
         reduced_rows: which rows `prefill_dtype` and `kv_dtype` apply to (the decoder passes the negative-context
             rows); None = all rows.
         new_tokens: how many tokens the rows will add at most (`max_new_tokens`): with row attention
-            the cache is allocated once with that much room and never grows. None: grow as needed.
+            the cache is allocated once with that much room (up to `MAX_ROOM` columns, so a large
+            `max_new_tokens` that is rarely reached does not reserve memory for it) and does not grow
+            within it. None: grow as needed.
         row_attention: force (True) or refuse (False) the RowKVCache + steer_rows attention path;
             None picks it when `supports_row_attention(model)`.
     """
@@ -251,7 +254,8 @@ class RowBatch:
     def _prefill_rows(self, contexts: list[list[int]]) -> torch.Tensor:
         lengths = [len(c) for c in contexts]
         self.positions = torch.tensor(lengths, device=self.device) - 1
-        self.cache = RowKVCache(device=self.device, dtype=self.dtype, room=self.new_tokens)
+        room = None if self.new_tokens is None else min(self.new_tokens, MAX_ROOM)
+        self.cache = RowKVCache(device=self.device, dtype=self.dtype, room=room)
         reduced = self.reduced_rows or [True] * len(contexts)
         if (self.prefill_dtype is None and self.kv_dtype is None) or len(reduced) != len(contexts):
             reduced = [False] * len(contexts)

@@ -11,7 +11,7 @@ import torch
 from steer_plugins import SteerConfig, SteerEngine
 from steer_plugins.core import attention
 from steer_plugins.core.kv_cache import RowKVCache
-from steer_plugins.core.rows import RowBatch
+from steer_plugins.core.rows import MAX_ROOM, RowBatch
 from steer_plugins.testing import tiny_lora_expert, tiny_model
 
 TEXTS = [
@@ -216,6 +216,12 @@ def test_known_new_tokens_allocate_the_cache_once(tiny_tok):
         close(a, b, tol=1e-5)
     assert all(seg.keys[0] is t for seg, t in zip(sized.cache.segments, buffers, strict=True))
     assert any(seg.keys[0] is not t for seg, t in zip(growing.cache.segments, grown, strict=True))
+    # a large max_new_tokens reserves at most MAX_ROOM columns up front, then grows as usual
+    big = RowBatch(model, pad_id=0, new_tokens=100_000)
+    big.prefill(ctx)
+    assert [seg.keys[0].shape[2] for seg in big.cache.segments] == [
+        seg.end + MAX_ROOM for seg in big.cache.segments
+    ]
 
 
 def test_engine_guidance_kv_dtype_is_checked_first_and_changes_the_fingerprint(tiny_tok):
