@@ -139,8 +139,8 @@ class RowKVCache:
         dtype: storage dtype (None: that of the first keys written, i.e. the model's).
         reserve: spare columns allocated after a segment's end (the buffers grow by this much).
         room: columns to allocate after a fresh segment's prefill when the caller knows how many
-            tokens its rows will add (`max_new_tokens`): the buffers then never grow (no copy, no
-            spare). None: `reserve`'s rule.
+            tokens its rows will add (`max_new_tokens`, capped by the caller): the buffers do not
+            grow within it (no copy, no spare). None: `reserve`'s rule.
     """
 
     is_compileable = False
