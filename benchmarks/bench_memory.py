@@ -45,7 +45,7 @@ def child(config: str, batch: int, tokens: int, k: int, threads: int) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_speed import PROMPT, load_negatives, make_expert
+    from bench_speed import PROMPT, load_negatives, make_expert, peak_rss_mb, peak_rss_reset
 
     from steer_plugins import SteerConfig, SteerEngine
 
@@ -56,7 +56,7 @@ def child(config: str, batch: int, tokens: int, k: int, threads: int) -> dict:
     negs = [rng.sample(negatives, k) for _ in range(batch)]
     prompts = [PROMPT] * batch
     loaded = _status_mb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
+    peak_rss_reset()
     t0 = time.perf_counter()
     if config == "plain":
         tok.padding_side = "left"
@@ -73,7 +73,7 @@ def child(config: str, batch: int, tokens: int, k: int, threads: int) -> dict:
         )
         engine.generate(prompts, negatives=negs, max_new_tokens=tokens, ignore_eos=True, seed=1)
     seconds = time.perf_counter() - t0
-    peak = _status_mb("VmHWM")
+    peak = peak_rss_mb()
     return {"config": config, "loaded_mb": loaded, "peak_mb": peak, "added_mb": peak - loaded, "s": seconds}
 
 
