@@ -31,7 +31,7 @@ import weakref
 import torch
 from torch.nn.functional import scaled_dot_product_attention as sdpa
 
-from .kv_cache import RowKVCache, Segment
+from .kv_cache import Packed, RowKVCache, Segment
 
 __all__ = [
     "NAME",
@@ -117,6 +117,8 @@ _register()
 def attend(cache: RowKVCache, layer: int, query: torch.Tensor, scaling: float | None) -> torch.Tensor:
     """Attention of `query` `(rows, heads, q, dim)` over each active segment's keys of `layer`;
     returns `(rows, q, heads, dim)`. Input rows in no segment (min-rows padding) get zeros."""
+    if cache.packed is not None:
+        return _attend_packed(cache.packed, layer, query, scaling)
     rows, heads, q, dim = query.shape
     segs = cache.active
     if len(segs) == 1 and isinstance(segs[0].sel, slice) and segs[0].sel == slice(0, rows):
@@ -128,6 +130,28 @@ def attend(cache: RowKVCache, layer: int, query: torch.Tensor, scaling: float | 
         else:
             o = _segment(seg, layer, query.index_select(0, seg.sel), scaling)
             out.index_copy_(0, seg.sel, o.transpose(1, 2))
+    return out
+
+
+def _attend_packed(pack: Packed, layer: int, query: torch.Tensor, scaling: float | None) -> torch.Tensor:
+    """Causal attention of each context of a packed prefill chunk over its own keys only."""
+    _, heads, _, dim = query.shape
+    seg, w = pack.segment, pack.width
+    out = query.new_empty((1, query.shape[2], heads, dim))
+    for i, (off, n) in enumerate(zip(pack.offsets, pack.lengths, strict=True)):
+        r = pack.dst + i
+        keys = seg.keys[layer][r : r + 1, :, w - n : w]
+        values = seg.values[layer][r : r + 1, :, w - n : w]
+        q = query[:, :, off : off + n]
+        o = sdpa(
+            q.to(keys.dtype),
+            keys,
+            values,
+            is_causal=n > 1,
+            scale=scaling,
+            enable_gqa=heads != keys.shape[1],
+        )
+        out[:, off : off + n] = o.transpose(1, 2).to(query.dtype)
     return out
 
 

@@ -19,7 +19,16 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["RowKVCache", "Segment", "pad_left", "select_dynamic"]
+__all__ = ["Packed", "RowKVCache", "Segment", "pad_left", "select_dynamic"]
+
+
+class Packed:
+    """One packed prefill chunk: rows `dst, dst + 1, ...` of `segment`, their tokens concatenated in
+    one input row (`lengths[i]` tokens from `offsets[i]`), to be stored right-aligned to `width`."""
+
+    def __init__(self, segment: Segment, lengths: Sequence[int], dst: int, width: int) -> None:
+        self.segment, self.lengths, self.dst, self.width = segment, list(lengths), dst, width
+        self.offsets = [sum(self.lengths[:i]) for i in range(len(self.lengths))]
 
 
 class Segment:
@@ -72,6 +81,32 @@ class Segment:
         rows = slice(self.dst, self.dst + key.shape[0])
         self.keys[layer][rows, :, self.end : self.end + q] = key
         self.values[layer][rows, :, self.end : self.end + q] = value
+
+    def write_packed(
+        self,
+        layer: int,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        pack: Packed,
+        reserve: int,
+        dtype,
+        room: int | None,
+    ) -> None:
+        """Write a packed prefill chunk: `key`/`value` are `(1, kv heads, sum of lengths, dim)`, row i's
+        tokens at `pack.offsets[i]`; each lands right-aligned at columns `[width - length, width)` of
+        physical row `pack.dst + i`, and its left padding is zeroed (masked later, but must be finite)."""
+        if layer == len(self.keys):
+            extra = _spare(pack.width, reserve) if room is None else room
+            shape = (len(self), key.shape[1], pack.width + extra, key.shape[3])
+            dtype = self.dtype or dtype or key.dtype
+            self.keys.append(key.new_empty(shape, dtype=dtype))
+            self.values.append(value.new_empty(shape[:3] + (value.shape[3],), dtype=dtype))
+        w = pack.width
+        for i, (off, n) in enumerate(zip(pack.offsets, pack.lengths, strict=True)):
+            r = pack.dst + i
+            for buf, src in ((self.keys[layer], key), (self.values[layer], value)):
+                buf[r, :, : w - n] = 0
+                buf[r, :, w - n : w] = src[0, :, off : off + n]
 
     @torch.inference_mode()
     def grow(self, q: int, reserve: int) -> None:
@@ -158,6 +193,7 @@ class RowKVCache:
         self.active: list[Segment] = []
         self.device, self.dtype, self.reserve = torch.device(device), dtype, reserve
         self.q, self._advance = 0, True
+        self.packed: Packed | None = None  # set by `begin_packed` for one packed prefill forward
         self.last_layer = -1  # the layer `update` wrote last (attention checks it was its own)
 
     def __len__(self) -> int:
@@ -180,16 +216,28 @@ class RowKVCache:
                 seg.sel, seg.dst, starts = slice(0, chunk.stop - chunk.start), chunk.start, seg.starts[chunk]
             _set_mask(seg, starts, q, self.device)
 
+    def begin_packed(self, segment: Segment, lengths: Sequence[int], dst: int, width: int) -> None:
+        """Prepare a packed prefill forward: one input row holding the contexts of physical rows
+        `dst, dst + 1, ...` of `segment` back to back (`lengths` tokens each, no padding); attention
+        keeps each context to itself (`attention.attend`)."""
+        self.active, self.q, self._advance = [segment], width, False
+        self.packed = Packed(segment, lengths, dst, width)
+
     def finish(self) -> None:
         """After the forward: the segments now end `q` columns later (a prefill chunk leaves that to
         its caller, which sets `end` once every chunk is written)."""
         for seg in self.active:
             seg.end += self.q if self._advance else 0
-        self.active, self.q = [], 0
+        self.active, self.q, self.packed = [], 0, None
 
     # ---- transformers' cache protocol (what the models call)
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         self.last_layer = layer_idx
+        if self.packed is not None:
+            self.packed.segment.write_packed(
+                layer_idx, key, value, self.packed, self.reserve, self.dtype, self.room
+            )
+            return key, value
         for seg in self.active:
             if isinstance(seg.sel, slice):
                 k, v = key[seg.sel], value[seg.sel]

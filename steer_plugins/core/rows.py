@@ -36,6 +36,9 @@ __all__ = ["RowBatch", "UnmergeableCache", "forward_keywords"]
 ROW_SCALED_LORA = True  # route expert/base rows of a LoRA expert by per-row LoRA scaling (see below)
 MAX_ROOM = 256  # columns reserved up front for `new_tokens`; longer outputs grow the cache as they go
 PREFILL_CHUNK_TOKENS = 4096  # tokens per prefill forward with row attention (caps activation memory)
+# with row attention, prefill contexts of different lengths back to back in one input row (no padding
+# FLOPs; exact: each attends to itself only) when the model takes positions as `logits_to_keep`
+PACKED_PREFILL = True
 
 
 @functools.cache
@@ -72,6 +75,25 @@ def _length_buckets(lengths: Sequence[int], ratio: float = 0.6) -> list[list[int
         else:
             buckets.append([i])
     return buckets
+
+
+class _PackingUnsupported(RuntimeError):
+    """The model returned logits for other positions than the `logits_to_keep` it was given."""
+
+
+def _prefill_chunks(lengths: Sequence[int], width: int, packed: bool) -> list[slice]:
+    """Consecutive rows per prefill forward, at most `PREFILL_CHUNK_TOKENS` tokens each (at least one
+    row): counted padded to `width`, or as their own lengths when `packed`."""
+    chunks, start, used = [], 0, 0
+    for i, n in enumerate(lengths):
+        n = n if packed else width
+        if i > start and used + n > PREFILL_CHUNK_TOKENS:
+            chunks.append(slice(start, i))
+            start, used = i, 0
+        used += n
+    if len(lengths):
+        chunks.append(slice(start, len(lengths)))
+    return chunks
 
 
 def _layer_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
@@ -157,6 +179,7 @@ class RowBatch:
         self.kv_dtype = kv_dtype if self.rows_mode and kv_dtype != self.dtype else None
         self.reduced_rows = list(reduced_rows) if reduced_rows is not None else None
         self._cache_kw, self._keep_kw = forward_keywords(model)
+        self._pack_ok = self._keep_kw  # packed prefill needs `logits_to_keep` (positions)
         self.cache = None
         self._mask: torch.Tensor | None = None  # dynamic path: the mask; row path: a built view
         self.positions: torch.Tensor | None = None  # (rows,) position id of each row's last token
@@ -188,15 +211,17 @@ class RowBatch:
         *,
         steer_kv: RowKVCache | None = None,
         dtype: torch.dtype | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One forward; returns the last position's `(rows, vocab)` logits in fp32."""
+        """One forward; returns the last position's `(rows, vocab)` logits in fp32 (with `keep`, the
+        logits at those positions of the single input row, `(len(keep), vocab)`: a packed prefill)."""
         kwargs = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": True}
         if steer_kv is not None:
             kwargs.update({self._cache_kw: steer_kv, "attention_mask": None})
         else:
             kwargs.update({self._cache_kw: self.cache, "attention_mask": self._mask})
         if self._keep_kw:
-            kwargs["logits_to_keep"] = 1
+            kwargs["logits_to_keep"] = 1 if keep is None else keep
         names = list(names or ())
         names += names[-1:] * (input_ids.shape[0] - len(names))
         base_only = self.disable_adapter or set(names) == {"__base__"}
@@ -216,6 +241,10 @@ class RowBatch:
             out = self.model(**kwargs)
         if steer_kv is None:
             self.cache = getattr(out, "cache", None) or out.past_key_values
+        if keep is not None:
+            if out.logits.shape[:2] != (1, len(keep)):
+                raise _PackingUnsupported("the model does not take positions as `logits_to_keep`")
+            return out.logits[0].float()
         return out.logits[:, -1, :].float()
 
     def _lora_rows(self, names: list[str]) -> tuple[list, str, torch.Tensor] | None:
@@ -291,14 +320,24 @@ class RowBatch:
         sub_names = [names[j] for j in unique] if names else None
         width = max(len(c) for c in sub)
         seg = Segment(torch.arange(len(sub)), torch.tensor([width - len(c) for c in sub]), 0, dtype=kv_dtype)
-        per_chunk = max(1, PREFILL_CHUNK_TOKENS // width)  # rows per forward: bounded activations
+        packed = PACKED_PREFILL and self._pack_ok and len({len(c) for c in sub}) > 1
+        if packed and sub_names and len(set(sub_names)) > 1:
+            packed = False  # one input row runs one adapter (or none)
         parts = []
-        for a in range(0, len(sub), per_chunk):
-            chunk = slice(a, min(a + per_chunk, len(sub)))
+        for chunk in _prefill_chunks([len(c) for c in sub], width, packed):
+            chunk_names = sub_names[chunk] if sub_names else None
+            if packed:
+                try:
+                    parts.append(
+                        self._forward_packed(sub[chunk], seg, chunk.start, width, chunk_names, dtype)
+                    )
+                except _PackingUnsupported:  # padded prefill instead, into a fresh segment
+                    self._pack_ok = False
+                    return self._prefill_segment(contexts, rows, dtype, kv_dtype)
+                continue
             ids, mask = self._left_pad(sub[chunk], width)
             self.cache.begin([seg], width, chunk=chunk)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            chunk_names = sub_names[chunk] if sub_names else None
             parts.append(self._forward(ids, pos, chunk_names, steer_kv=self.cache, dtype=dtype))
             self.cache.finish()
         seg.end = width
@@ -312,6 +351,29 @@ class RowBatch:
         seg.rows = torch.tensor(rows)
         self.cache.segments.append(seg)
         return logits
+
+    def _forward_packed(
+        self,
+        contexts: list[list[int]],
+        seg: Segment,
+        dst: int,
+        width: int,
+        names: list[str] | None,
+        dtype: torch.dtype | None,
+    ) -> torch.Tensor:
+        """Prefill `contexts` (physical rows `dst, ...` of `seg`) as one input row, back to back with
+        no padding; each attends to itself only. Returns their last positions' logits."""
+        lengths = [len(c) for c in contexts]
+        ids = torch.tensor([t for c in contexts for t in c], dtype=torch.long, device=self.device)[None]
+        pos = torch.cat([torch.arange(n) for n in lengths]).to(self.device)[None]
+        keep = (torch.tensor(lengths).cumsum(0) - 1).to(self.device)
+        self.cache.begin_packed(seg, lengths, dst, width)
+        try:
+            return self._forward(
+                ids, pos, names[:1] if names else None, steer_kv=self.cache, dtype=dtype, keep=keep
+            )
+        finally:
+            self.cache.finish()
 
     def _prefill_dynamic(self, contexts: list[list[int]]) -> torch.Tensor:
         extra = self._padding(len(contexts))

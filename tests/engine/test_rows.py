@@ -302,3 +302,70 @@ def test_prefill_in_row_chunks_equals_one_forward(tiny_tok, device, monkeypatch)
     close(chunked.prefill(ctx), a)
     tokens = a.argmax(-1)
     close(chunked.step(tokens), whole.step(tokens))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_packed_prefill_equals_padded_prefill_and_the_reference(arch, tiny_tok, device, monkeypatch):
+    """Contexts of different lengths prefilled back to back in one input row (no padding) give the
+    padded prefill's logits and cache: the first steps agree, and each row matches its no-cache
+    reference. Small chunks force several packed forwards."""
+    import steer_plugins.core.rows as rows_mod
+
+    model = tiny_model(arch, tiny_tok, seed=3).to(device)
+    ctx = [tiny_tok(t).input_ids for t in [TEXTS[3], TEXTS[3][:-9], TEXTS[3][:-21], TEXTS[3][5:]]]
+    assert len({len(c) for c in ctx}) == len(ctx)
+    packs: list[list[int]] = []
+    real_begin = RowKVCache.begin_packed
+    monkeypatch.setattr(
+        RowKVCache,
+        "begin_packed",
+        lambda self, seg, lengths, *a: (packs.append(list(lengths)), real_begin(self, seg, lengths, *a))[1],
+    )
+    monkeypatch.setattr(rows_mod, "PREFILL_CHUNK_TOKENS", 100)  # two contexts per forward
+    packed = RowBatch(model, pad_id=0)
+    a = packed.prefill(ctx)
+    assert packs and sum(len(p) for p in packs) == len(ctx) and len(packs) > 1
+    monkeypatch.setattr(rows_mod, "PACKED_PREFILL", False)
+    padded = RowBatch(model, pad_id=0)
+    close(padded.prefill(ctx), a)
+    for i, ids in enumerate(ctx):
+        close(a[i], reference(model, ids), 1e-4)
+    for _ in range(3):
+        tokens = a.argmax(-1)
+        a = packed.step(tokens)
+        close(a, padded.step(tokens))
+    assert all(torch.isfinite(k).all() for seg in packed.cache.segments for k in seg.keys)
+
+
+def test_packed_prefill_keeps_a_reduced_kv_dtype(tiny_tok, device):
+    """bf16 guidance KV rows prefilled packed store bf16 buffers, and attend over them as the padded
+    prefill does (scores within bf16 rounding of the exact rows)."""
+    model = tiny_model("llama", tiny_tok, seed=4).to(device)
+    ctx = [tiny_tok(t).input_ids for t in [TEXTS[3], TEXTS[3][:-12], TEXTS[2]]]
+    batch = RowBatch(model, pad_id=0, kv_dtype=torch.bfloat16, reduced_rows=[True, True, False])
+    out = batch.prefill(ctx)
+    dtypes = {seg.keys[0].dtype for seg in batch.cache.segments}
+    assert dtypes == {torch.bfloat16, torch.float32}
+    exact = RowBatch(model, pad_id=0).prefill(ctx)
+    close(out[2], exact[2])
+    close(out[:2], exact[:2], 3e-2)
+
+
+def test_packed_prefill_falls_back_when_the_model_ignores_positions(tiny_tok, device, monkeypatch):
+    """A model that returns every position's logits for a tensor `logits_to_keep` gets the padded
+    prefill (same logits), not wrong rows."""
+    model = tiny_model("llama", tiny_tok, seed=3).to(device)
+    ctx = [tiny_tok(t).input_ids for t in [TEXTS[3], TEXTS[3][:-9]]]
+    expected = RowBatch(model, pad_id=0).prefill(ctx)
+    real_forward = model.forward
+
+    def forward(*args, logits_to_keep=0, **kwargs):
+        keep = 0 if isinstance(logits_to_keep, torch.Tensor) else logits_to_keep
+        return real_forward(*args, logits_to_keep=keep, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    batch = RowBatch(model, pad_id=0)
+    batch._keep_kw = batch._pack_ok = True  # the wrapper's signature hides these keywords
+    batch._cache_kw = "cache"
+    close(batch.prefill(ctx), expected)
+    assert not batch._pack_ok and batch.rows_mode
