@@ -320,3 +320,22 @@ def test_resumed_run_without_real_pool_matches_uninterrupted(tmp_path, tiny_mode
     assert main(["generate", *args, "--n", "6", "--out", str(part)]) == 0  # resumes after 2 rows
     capsys.readouterr()
     assert [(r["seed"], r["text"]) for r in _rows(part)] == [(r["seed"], r["text"]) for r in _rows(full)]
+
+
+def test_bf16_negatives_is_part_of_a_files_identity(tmp_path, gen_args, capsys):
+    """`--bf16-negatives` changes the rows, so a file made without it is never resumed with it."""
+    out = tmp_path / "synth.jsonl"
+    assert _gen(gen_args, out, "--n", "2") == 0
+    exact = json.loads((tmp_path / "synth.jsonl.meta.json").read_text())["settings"]["fingerprint"]
+    capsys.readouterr()
+    assert _gen(gen_args, out, "--n", "3", "--bf16-negatives") == 2
+    err = capsys.readouterr().err
+    assert "fingerprint" in err and "--overwrite" in err and len(_rows(out)) == 2
+    assert _gen(gen_args, out, "--n", "3", "--bf16-negatives", "--overwrite") == 0
+    assert len(_rows(out)) == 3
+    assert json.loads((tmp_path / "synth.jsonl.meta.json").read_text())["settings"]["fingerprint"] != exact
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"bf16_negatives": "yes"}))
+    capsys.readouterr()
+    assert _gen(gen_args, tmp_path / "other.jsonl", "--n", "1", "--config", str(cfg)) == 2
+    assert "`bf16_negatives` (--bf16-negatives) must be true or false, got 'yes'" in capsys.readouterr().err

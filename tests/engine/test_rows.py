@@ -4,6 +4,7 @@ no-cache reference: prefill, steps, buffer growth, rows leaving, merges, shared 
 from __future__ import annotations
 
 import threading
+import warnings
 
 import pytest
 import torch
@@ -224,13 +225,26 @@ def test_known_new_tokens_allocate_the_cache_once(tiny_tok):
     ]
 
 
-def test_engine_guidance_kv_dtype_is_checked_first_and_changes_the_fingerprint(tiny_tok):
-    with pytest.raises(TypeError, match="guidance_kv_dtype.*torch.bfloat16"):
-        SteerEngine("/no/such/model", guidance_kv_dtype="bf16")  # refused before any load
+@pytest.mark.parametrize("field", ["guidance_kv_dtype", "negative_prefill_dtype"])
+def test_engine_reduced_dtypes_are_checked_first_and_change_the_fingerprint(field, tiny_tok):
+    with pytest.raises(TypeError, match=f"{field}.*torch.bfloat16"):
+        SteerEngine("/no/such/model", **{field: "bf16"})  # refused before any load
     model = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=2), seed=5)
     exact = SteerEngine(model, tokenizer=tiny_tok, name="m")
-    low = SteerEngine(model, tokenizer=tiny_tok, name="m", guidance_kv_dtype=torch.bfloat16)
-    assert exact.fingerprint() != low.fingerprint()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # emulated bf16 on CPUs without it: slow, not wrong
+        low = SteerEngine(model, tokenizer=tiny_tok, name="m", **{field: torch.bfloat16})
+    assert getattr(low.models, field) == torch.bfloat16
+    assert (
+        len(
+            {
+                exact.fingerprint(),
+                low.fingerprint(),
+                SteerEngine(model, tokenizer=tiny_tok, name="m").fingerprint(),
+            }
+        )
+        == 2
+    )
     cfg = {"negatives": [[TEXTS[1], TEXTS[3]]] * 2, "max_new_tokens": 8, "seed": 3}
     a = exact.generate([TEXTS[2], TEXTS[4]], return_scores=True, **cfg)
     b = low.generate([TEXTS[2], TEXTS[4]], return_scores=True, **cfg)

@@ -273,6 +273,8 @@ def build_engine(settings: dict[str, Any], config: Any, *, pool: list[str] | Non
     Raises:
         CLIError: a model is missing or broken (see `check_model_files`), or fails to load.
     """
+    import torch
+
     from ...core.engine import SteerEngine
 
     expert = settings.get("expert") or DEFAULT_EXPERT
@@ -288,6 +290,7 @@ def build_engine(settings: dict[str, Any], config: Any, *, pool: list[str] | Non
                 pool=pool,
                 device=settings.get("device"),
                 max_batch_size=int(settings.get("chunk_size") or DEFAULT_CHUNK_SIZE),
+                negative_prefill_dtype=torch.bfloat16 if settings.get("bf16_negatives") else None,
             )
     except _load_errors() as e:
         raise CLIError(f"could not load the model `{expert}`: {type(e).__name__}: {e}") from None
