@@ -348,12 +348,22 @@ def _checks(rows: dict) -> dict:
     }
 
 
+def _view_dirs(args) -> tuple[Path, Path]:
+    """(where results.json, table.md and report.html go, where the plots go): the study's own
+    files, or with `--view NAME` a separate scoring of the same samples under `views/NAME`."""
+    if not args.view:
+        return Path(args.out), Path(args.img)
+    return Path(args.out) / "views" / args.view, Path(args.img) / args.view
+
+
 def score(args) -> None:
     """Score what is on disk; writes results.json (`scores`, `design`, `checks`), table.md and plots."""
     from steer_plugins.apps.data_io import read_texts
 
     out = Path(args.out)
-    meta = _load_meta(out)
+    res_dir, _ = _view_dirs(args)
+    res_dir.mkdir(parents=True, exist_ok=True)
+    meta = _load_meta(res_dir)
     _, ref = split(read_texts(args.data), args.n_ref)
     found = _available(out, args.score_seeds or args.seeds)
     n, seeds, names = _common_design(found, args.n_score)
@@ -370,7 +380,10 @@ def score(args) -> None:
         "cpu_s": round(_cpu_seconds() - cpu0, 1),
         "wall_s": round(time.perf_counter() - wall0, 1),
     }
-    _save_meta(out, meta)
+    if args.view:  # the generation record of the scored sets, from the study's own file
+        gens = _load_meta(out).get("generation", {})
+        meta["generation"] = {name: gens[name] for name in names if name in gens}
+    _save_meta(res_dir, meta)
     report(args)
 
 
@@ -381,13 +394,14 @@ def report(args) -> None:
     from steer_plugins.apps.sweep import plot_heatmaps, plot_pareto
 
     out = Path(args.out)
-    meta = _load_meta(out)
+    res_dir, img = _view_dirs(args)
+    img.mkdir(parents=True, exist_ok=True)
+    meta = _load_meta(res_dir)
     rows, design = meta["scores"], meta["design"]
     cols = ["normalised_3grams", "diversity", "self_bleu", "vendi", "invented_word_rate", "completion_rate",
             "cosine_centroid", "mauve", "adversarial_auroc"]  # fmt: skip
     cols = [c for c in cols if any(c in r for r in rows.values())]
-    (out / "table.md").write_text(markdown_table(rows, columns=cols) + "\n")
-    img = Path(args.img)
+    (res_dir / "table.md").write_text(markdown_table(rows, columns=cols) + "\n")
     points = [
         (k, r["normalised_3grams"], r["cosine_centroid"]) for k, r in rows.items() if "cosine_centroid" in r
     ]
@@ -411,10 +425,10 @@ def report(args) -> None:
 
             samples[name] = read_texts(sample_path(out, name, design["seeds"][0]))[: design["n"]]
     _, ref = split(read_texts(args.data), args.n_ref)
-    write_report(out / "report.html", title="quality study (astro hypotheses)", results=rows, samples=samples,
+    write_report(res_dir / "report.html", title="quality study (astro hypotheses)", results=rows, samples=samples,
                  reference=ref, pareto=points, images={p.stem: p for p in plots[1:]},
                  notes=[f"design: {json.dumps({k: design[k] for k in ('n', 'seeds')})}"])  # fmt: skip
-    print((out / "table.md").read_text())
+    print((res_dir / "table.md").read_text())
     print(json.dumps(meta["checks"], indent=1, ensure_ascii=False))
 
 
@@ -444,6 +458,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples")
     p.add_argument("--costly-resamples", type=int, default=30, help="resamples for self-BLEU, MAUVE, AUROC")
     p.add_argument("--report-only", action="store_true", help="rebuild table and plots from results.json")
+    p.add_argument(
+        "--view",
+        help="score into <out>/views/VIEW and <img>/VIEW instead of the study's own files (e.g. one seed "
+        "at a size the other seeds have not reached)",
+    )
     p.add_argument(
         "--metrics",
         type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
