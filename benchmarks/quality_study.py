@@ -104,6 +104,14 @@ def methods() -> list[tuple[str, str, dict]]:
             steer(0.2, 1.0, alpha=0.1, whole_words=True),
         )
     ]
+    # the product default with one negative draw per 48-row chunk (`share_negatives`, opt-in speed)
+    out += [
+        (
+            "γ0.2 η0.4 α0.05 words, shared negatives",
+            "expert",
+            steer(0.2, 0.4, alpha=0.05, whole_words=True, share_negatives=True),
+        )
+    ]
     # the product default with the negative contexts prefilled in bf16 (opt-in speed on native-bf16 hardware)
     out += [
         (

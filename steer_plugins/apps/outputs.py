@@ -185,7 +185,7 @@ def diff_settings(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> li
             diffs += [
                 f"{k}: {_short(old_cfg.get(k))} in the file, {_short(v)} now"
                 for k, v in now.items()
-                if old_cfg.get(k) != v
+                if old_cfg.get(k) != v and not (k not in old_cfg and v in (None, False))  # added later, off
             ]
         elif key not in recorded:
             diffs.append(f"{key}: not recorded in the file, {_short(now)} now")

@@ -88,6 +88,12 @@ class SteerConfig(BaseModel):
         description="'concat': the paper's one context of K examples joined by spaces; "
         "'per_example': one branch per negative, log-probs averaged.",
     )
+    share_negatives: bool = Field(
+        False,
+        description="Draw the K negatives once per generate call (one chunk of `steer generate`) and give "
+        "every prompt of the call that context, so its prefill runs once instead of once per prompt. "
+        "Opt-in, not the paper's per-example draw; speed and quality in docs/benchmarks.md and docs/quality.md.",
+    )
     form: Literal["paper", "cfg"] = Field("paper", description="Combination form (see module docstring).")
     alpha: float | None = Field(
         DEFAULT_ALPHA,
@@ -221,7 +227,11 @@ class SteerConfig(BaseModel):
 
     def fingerprint(self) -> str:
         """A short stable hash of every field (for cache keys and model strings)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        fields = self.model_dump(mode="json")
+        for name, off in _ADDED_OFF.items():  # fields added later hash as before while left off
+            if fields.get(name) == off:
+                del fields[name]
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @classmethod
@@ -232,6 +242,11 @@ class SteerConfig(BaseModel):
                 f"unknown preset {name!r}; known presets: {sorted(PRESETS)} (or register_preset)"
             )
         return cls.model_validate({**PRESETS[name], **overrides})
+
+
+# fields added after files were first fingerprinted, with their "off" value: left off, they do not
+# enter `fingerprint()`, so files made before they existed still resume
+_ADDED_OFF: dict[str, Any] = {"share_negatives": False}
 
 
 def _paper(gamma: float, eta: float) -> BranchWeights:

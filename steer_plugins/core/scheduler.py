@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import threading
 import time
 import weakref
@@ -28,7 +29,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
 
 from .decode import Decoder
-from .jobs import PromptJob, TokenContext, prepare_job
+from .jobs import PromptJob, TokenContext, draw_negatives, prepare_job
 from .options import CallOptions
 from .results import SteerResult, StreamEvent
 
@@ -82,17 +83,23 @@ class Request:
     results: dict[int, SteerResult] = field(default_factory=dict)
     taken: set[int] = field(default_factory=set)
     streamed: bool = False  # a sink received events (it cannot be replayed after an interrupt)
+    shared_negatives: list[str] | None = None  # `share_negatives`: the call's one draw
 
     def job(self, tokens: TokenContext, i: int) -> PromptJob:
         """Prompt `i` prepared for the decoder (a pure function of the request and the pool)."""
         o = self.options
+        negatives = None if o.negatives is None else o.negatives[i]
+        if negatives is None and o.config.share_negatives:  # drawn once, by the call's first seed
+            if self.shared_negatives is None:
+                self.shared_negatives = draw_negatives(o.config, o.pool, random.Random(o.seeds[0]))
+            negatives = self.shared_negatives
         return prepare_job(
             tokens,
             self.prompts[i],
             o.config,
             seed=o.seeds[i],
             pool=o.pool,
-            negatives=None if o.negatives is None else o.negatives[i],
+            negatives=negatives,
             base_prompt=None if o.base_prompts is None else o.base_prompts[i],
             return_scores=o.return_scores,
             index=i,

@@ -339,3 +339,19 @@ def test_bf16_negatives_is_part_of_a_files_identity(tmp_path, gen_args, capsys):
     capsys.readouterr()
     assert _gen(gen_args, tmp_path / "other.jsonl", "--n", "1", "--config", str(cfg)) == 2
     assert "`bf16_negatives` (--bf16-negatives) must be true or false, got 'yes'" in capsys.readouterr().err
+
+
+def test_a_file_made_before_share_negatives_existed_still_resumes(tmp_path, gen_args, capsys):
+    """A config field added later, left off, matches a file that does not record it; turned on, it
+    is a named difference."""
+    out = tmp_path / "synth.jsonl"
+    assert _gen(gen_args, out, "--n", "2") == 0
+    meta_file = tmp_path / "synth.jsonl.meta.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["settings"]["config"].pop("share_negatives") is False
+    meta_file.write_text(json.dumps(meta))  # as written before the field existed
+    assert _gen(gen_args, out, "--n", "3") == 0 and len(_rows(out)) == 3
+    capsys.readouterr()
+    meta_file.write_text(json.dumps(meta))
+    assert _gen(gen_args, out, "--n", "4", "--share-negatives") == 2
+    assert "share_negatives: None in the file, True now" in capsys.readouterr().err

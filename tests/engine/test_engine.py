@@ -356,3 +356,50 @@ def test_chat_template_prefill_and_stable_name(tiny_tok):
     assert engine.name == "tiny-llama"
     assert engine.fingerprint() == engine.fingerprint() != engine.fingerprint(gamma=0.9)
     engine.close()
+
+
+def test_share_negatives_draws_once_per_call_and_prefills_that_context_once(tiny_tok, monkeypatch):
+    """`share_negatives`: every prompt of a call gets the one draw (made with the call's first seed),
+    exactly as if it had been passed as every prompt's `negatives`, and the negative context's prefill
+    runs once for all of them; the next call draws again. Left off, the fingerprint is what it was
+    before the field existed."""
+    import hashlib
+    import json
+
+    from steer_plugins.core.rows import RowBatch
+
+    engine = SteerEngine(
+        tiny_model("llama", tiny_tok, seed=1),
+        tiny_model("llama", tiny_tok, seed=2),
+        tiny_tok,
+        config=SteerConfig(max_new_tokens=5, num_negatives=3),
+        pool=list(TINY_CORPUS),
+    )
+    prompts = [PROMPTS[1]] * 4
+    prefilled: list[int] = []
+    real = RowBatch._prefill_segment
+
+    def spy(self, contexts, rows, *args, **kwargs):
+        prefilled.append(len({tuple(contexts[i]) for i in rows}))
+        return real(self, contexts, rows, *args, **kwargs)
+
+    monkeypatch.setattr(RowBatch, "_prefill_segment", spy)
+    shared = engine.generate(prompts, seeds=[3, 4, 5, 6], share_negatives=True, return_scores=True)
+    draws = {tuple(r.negatives_used) for r in shared}
+    assert len(draws) == 1 and len(next(iter(draws))) == 3
+    assert sum(prefilled) == 3  # the prompt (expert model, base model) and the one negative context
+    prefilled.clear()
+    apart = engine.generate(prompts, seeds=[3, 4, 5, 6], eta=0.6)
+    assert len({tuple(r.negatives_used) for r in apart}) > 1 and sum(prefilled) > 3
+    explicit = engine.generate(
+        prompts, seeds=[3, 4, 5, 6], negatives=[list(shared[0].negatives_used)] * 4, return_scores=True
+    )
+    for a, b in zip(shared, explicit, strict=True):
+        assert a.token_ids == b.token_ids
+        torch.testing.assert_close(a.scores, b.scores)
+    engine.close()
+
+    cfg = SteerConfig()
+    fields = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "share_negatives"}
+    before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    assert cfg.fingerprint() == before != cfg.merged(share_negatives=True).fingerprint()

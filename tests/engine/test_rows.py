@@ -341,13 +341,13 @@ def test_packed_prefill_equals_padded_prefill_and_the_reference(arch, tiny_tok, 
     assert packs and sum(len(p) for p in packs) == len(ctx) and len(packs) > 1
     monkeypatch.setattr(rows_mod, "PACKED_PREFILL", False)
     padded = RowBatch(model, pad_id=0)
-    close(padded.prefill(ctx), a)
+    close(padded.prefill(ctx), a, 1e-4)  # the same math in other GEMM shapes: rounding only
     for i, ids in enumerate(ctx):
         close(a[i], reference(model, ids), 1e-4)
     for _ in range(3):
         tokens = a.argmax(-1)
         a = packed.step(tokens)
-        close(a, padded.step(tokens))
+        close(a, padded.step(tokens), 1e-4)
     assert all(torch.isfinite(k).all() for seg in packed.cache.segments for k in seg.keys)
 
 
