@@ -41,6 +41,7 @@ import torch  # noqa: E402
 from transformers import LogitsProcessor, LogitsProcessorList  # noqa: E402
 
 from steer_plugins import SteerConfig, SteerEngine  # noqa: E402
+from steer_plugins.core import kernels  # noqa: E402
 from steer_plugins.core.sources import load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,6 +151,10 @@ def workloads(
     def plain(n: int) -> None:
         expert.generate(**enc, max_new_tokens=n, min_new_tokens=n, **common)
 
+    def plain_onednn(n: int) -> None:
+        with kernels.enabled(True):
+            expert.generate(**enc, max_new_tokens=n, min_new_tokens=n, **common)
+
     def hf_cfg(n: int) -> None:
         expert.generate(
             **enc,
@@ -175,6 +180,7 @@ def workloads(
 
     out: dict[str, Callable[[int], None]] = {
         "plain generate() (expert, top-k 10)": plain,
+        "plain generate(), oneDNN linear (the engine's kernels)": plain_onednn,
         "transformers CFG (2 branches)": hf_cfg,
         "authors' loop (no cache, B=1 loop)": authors,
     }
@@ -276,6 +282,12 @@ def main() -> None:
     ap.add_argument(
         "--skip", nargs="*", default=[], help="skip configurations whose name contains these words"
     )
+    ap.add_argument(
+        "--kernel-baselines",
+        action="store_true",
+        help="also run plain generate() with the engine's oneDNN linear layers, and the engine with "
+        "PyTorch's default kernels (fast_linear=False)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="model dtype, e.g. bfloat16 (default: as loaded, fp32)")
     ap.add_argument("--quick", action="store_true")
@@ -286,6 +298,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.trials, args.batch = 1, [1, 4]
+    args.skip = list(args.skip or []) + ([] if args.kernel_baselines else ["oneDNN linear"])
     dtype = getattr(torch, args.dtype) if args.dtype else None
     torch.manual_seed(0)
     negatives = load_negatives()
@@ -296,6 +309,10 @@ def main() -> None:
         fast = SteerEngine(expert, tokenizer=tok, config=SteerConfig(**cfg))
         fast.models.negative_prefill_dtype = torch.bfloat16
         engines["STEER engine, bf16 negative prefill (opt-in)"] = fast
+    if args.kernel_baselines:
+        engines["STEER engine, PyTorch's default kernels (fast_linear=False)"] = SteerEngine(
+            expert, tokenizer=tok, config=SteerConfig(**cfg), fast_linear=False
+        )
     if args.bf16_guidance_kv:
         engines["STEER engine, bf16 guidance KV (opt-in)"] = SteerEngine(
             expert, tokenizer=tok, config=SteerConfig(**cfg), guidance_kv_dtype=torch.bfloat16
@@ -307,7 +324,8 @@ def main() -> None:
         )
     print(
         f"expert: {expert_kind} on {args.device} ({next(expert.parameters()).dtype}); torch threads: "
-        f"{torch.get_num_threads()}; load average {loadavg()}",
+        f"{torch.get_num_threads()}; load average {loadavg()}; engine fast_linear (oneDNN): "
+        f"{engines['STEER engine (this commit)'].models.fast_linear}",
         flush=True,
     )
     rng = random.Random(0)

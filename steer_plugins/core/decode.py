@@ -121,6 +121,7 @@ def _build_groups(
         "pad_id": pad_id,
         "min_rows": min_rows,
         "new_tokens": max(j.config.max_new_tokens for j in jobs),
+        "fast_linear": models.fast_linear,
     }
 
     def batch(model, rows: list[_Row], **kw) -> _Group:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
+from . import kernels
 from .attention import (
     RowAttentionUnsupported,
     lora_layers,
@@ -142,6 +143,8 @@ class RowBatch:
             within it. None: grow as needed.
         row_attention: force (True) or refuse (False) the RowKVCache + steer_rows attention path;
             None picks it when `supports_row_attention(model)`.
+        fast_linear: run the layers `kernels.install` converted with oneDNN in this batch's
+            forwards (fp32; see `kernels.py`).
     """
 
     def __init__(
@@ -157,8 +160,10 @@ class RowBatch:
         kv_dtype: torch.dtype | None = None,
         new_tokens: int | None = None,
         row_attention: bool | None = None,
+        fast_linear: bool = False,
     ) -> None:
         self.new_tokens = new_tokens
+        self.fast_linear = fast_linear
         self.model = model
         self.min_rows = min_rows
         self.num_real = 0
@@ -230,6 +235,7 @@ class RowBatch:
             kwargs["adapter_names"] = names
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode())
+            stack.enter_context(kernels.enabled(self.fast_linear))
             if base_only:
                 stack.enter_context(self.model.disable_adapter())
             if steer_kv is not None:

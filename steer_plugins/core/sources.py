@@ -50,6 +50,8 @@ class LoadedModels:
         guidance_kv_dtype: store the KV cache of the base and negative-context rows (every row but
             the heads) in this dtype (opt-in, not exact): bf16 halves the largest cache of a STEER
             batch (K negatives per prompt).
+        fast_linear: run the large fp32 linear layers of engine forwards with oneDNN
+            (`kernels.py`; fp32, rounding-level differences only).
     """
 
     expert: torch.nn.Module
@@ -58,6 +60,7 @@ class LoadedModels:
     name: str
     negative_prefill_dtype: torch.dtype | None = None
     guidance_kv_dtype: torch.dtype | None = None
+    fast_linear: bool = False
 
     @property
     def shared_weights(self) -> bool:

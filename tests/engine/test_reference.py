@@ -7,6 +7,7 @@ import torch
 from transformers import UnbatchedClassifierFreeGuidanceLogitsProcessor
 
 from steer_plugins import SteerConfig, SteerEngine
+from steer_plugins.core import kernels
 from steer_plugins.core.rows import RowBatch
 from steer_plugins.testing import TINY_CORPUS, tiny_lora_expert, tiny_model
 
@@ -284,4 +285,57 @@ def test_base_prompts_give_the_base_branch_its_own_context(tiny_tok, lora):
     assert not torch.allclose(same.scores[0], r.scores[0]), "base_prompts must change the base branch"
     with pytest.raises(ValueError, match="base_prompts"):
         engine.generate([in_context, plain], base_prompts=[plain])
+    engine.close()
+
+
+@pytest.mark.skipif(not kernels.available(), reason="this PyTorch build has no oneDNN linear op")
+def test_onednn_linear_matches_the_reference_and_leaves_other_callers_alone(tiny_tok, monkeypatch):
+    """`fast_linear`: the engine's forwards through oneDNN's fp32 linear (every layer, every row count
+    here) match the no-cache reference run with PyTorch's own kernels; outside the engine the same
+    converted model computes exactly as before."""
+    expert = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=1), seed=4)
+    ids = torch.tensor([tiny_tok(PROMPTS[1]).input_ids])
+    with torch.inference_mode():
+        before = expert(input_ids=ids).logits
+    assert kernels.install(expert, min_features=1) > 0
+    calls = []
+    real = kernels._onednn
+    monkeypatch.setattr(kernels, "_onednn", lambda *a: (calls.append(1), real(*a))[1])
+    monkeypatch.setattr(kernels, "MIN_ROWS", 1)
+    with torch.inference_mode():
+        assert torch.equal(expert(input_ids=ids).logits, before) and not calls  # not enabled
+        with kernels.enabled(True):
+            fast = expert(input_ids=ids).logits
+    assert calls  # oneDNN ran
+    torch.testing.assert_close(fast, before, atol=1e-4, rtol=1e-4)
+    calls.clear()
+    engine = SteerEngine(expert, tokenizer=tiny_tok, config=SteerConfig(max_new_tokens=8), fast_linear=True)
+    assert engine.models.fast_linear
+    batch = engine.generate(PROMPTS, negatives=NEGS, return_scores=True, seed=11)
+    assert calls
+    for i, r in enumerate(batch):
+        assert_close_finite(r.scores, naive_scores(engine, PROMPTS[i], NEGS[i], r, engine.config))
+    engine.close()
+    off = SteerEngine(tiny_model("llama", tiny_tok, seed=1), tokenizer=tiny_tok, fast_linear=False)
+    assert not off.models.fast_linear
+    assert not any(isinstance(m, kernels.OneDNNLinear) for m in off.models.expert.modules())
+    off.close()
+
+
+@pytest.mark.slow
+def test_real_model_with_its_default_kernels_matches_the_reference():
+    """SmolLM2-135M with the shipped LoRA expert, as the engine runs it on this machine (oneDNN
+    linear layers when `fast_linear`'s timing picks them; forwards of 8+ rows use them), against
+    the no-cache reference on PyTorch's own kernels: every step within 1e-4."""
+    from pathlib import Path
+
+    adapter = (
+        Path(__file__).resolve().parents[2] / "steer_plugins" / "assets" / "adapters" / "hypotheses-lora"
+    )
+    engine = SteerEngine(str(adapter), config=SteerConfig(max_new_tokens=6))
+    prompts = ["Write a research hypothesis in astronomy, phrased as a question."] * 3
+    negatives = [NEGS[0] + NEGS[2], NEGS[1] + NEGS[0], NEGS[2]]
+    batch = engine.generate(prompts, negatives=negatives, return_scores=True, seed=2)
+    for i, r in enumerate(batch):
+        assert_close_finite(r.scores, naive_scores(engine, prompts[i], negatives[i], r, engine.config))
     engine.close()
