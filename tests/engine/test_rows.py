@@ -348,7 +348,8 @@ def test_packed_prefill_equals_padded_prefill_and_the_reference(arch, tiny_tok, 
         tokens = a.argmax(-1)
         a = packed.step(tokens)
         close(a, padded.step(tokens), 1e-4)
-    assert all(torch.isfinite(k).all() for seg in packed.cache.segments for k in seg.keys)
+    # every written column (padding included) is finite; the reserved room after `end` is not yet written
+    assert all(torch.isfinite(k[:, :, : seg.end]).all() for seg in packed.cache.segments for k in seg.keys)
 
 
 def test_packed_prefill_keeps_a_reduced_kv_dtype(tiny_tok, device):
@@ -361,7 +362,7 @@ def test_packed_prefill_keeps_a_reduced_kv_dtype(tiny_tok, device):
     dtypes = {seg.keys[0].dtype for seg in batch.cache.segments}
     assert dtypes == {torch.bfloat16, torch.float32}
     exact = RowBatch(model, pad_id=0).prefill(ctx)
-    close(out[2], exact[2])
+    close(out[2], exact[2], 1e-4)
     close(out[:2], exact[:2], 3e-2)
 
 
