@@ -12,7 +12,9 @@ LoRA expert, K real negatives per prompt drawn from the astronomy hypotheses, fo
 
 Configurations: plain `generate()` of the expert (the baseline), the engine at the product defaults
 (exact fp32 KV cache), and the engine with the base and negative rows' KV stored in bf16
-(`guidance_kv_dtype`, opt-in; the expert's own rows stay fp32).
+(`guidance_kv_dtype`, opt-in; the expert's own rows stay fp32), and the exact engine under a cache
+budget (`max_cache_mb`, `--cache-mb`): prompts whose KV cache does not fit wait for finished ones.
+The "run s" column is each child's wall time on the same workload (compare rows of one run only).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ("plain", "engine", "engine bf16 guidance KV")
+CONFIGS = ("plain", "engine", "engine bf16 guidance KV", "engine max_cache_mb")
 
 
 def _status_mb(field: str) -> float:
@@ -40,7 +42,7 @@ def _status_mb(field: str) -> float:
     return float("nan")
 
 
-def child(config: str, batch: int, tokens: int, k: int, threads: int) -> dict:
+def child(config: str, batch: int, tokens: int, k: int, threads: int, cache_mb: float) -> dict:
     """Run one configuration in this process; returns its measurements."""
     import torch
 
@@ -56,6 +58,7 @@ def child(config: str, batch: int, tokens: int, k: int, threads: int) -> dict:
     negs = [rng.sample(negatives, k) for _ in range(batch)]
     prompts = [PROMPT] * batch
     loaded = _status_mb("VmRSS")
+    extra: dict = {}
     peak_rss_reset()
     t0 = time.perf_counter()
     if config == "plain":
@@ -68,13 +71,21 @@ def child(config: str, batch: int, tokens: int, k: int, threads: int) -> dict:
             )  # fmt: skip
     else:
         low = torch.bfloat16 if config.endswith("bf16 guidance KV") else None
+        budget = cache_mb if config.endswith("max_cache_mb") else None
         engine = SteerEngine(
-            expert, tokenizer=tok, config=SteerConfig(num_negatives=k), guidance_kv_dtype=low
+            expert,
+            tokenizer=tok,
+            config=SteerConfig(num_negatives=k),
+            guidance_kv_dtype=low,
+            max_cache_mb=budget,
         )
         engine.generate(prompts, negatives=negs, max_new_tokens=tokens, ignore_eos=True, seed=1)
+        stats = engine.stats
+        extra = {"cache_estimate_peak_mb": stats.peak_cache_mb, "prompts_waited": stats.prompts_waited}
     seconds = time.perf_counter() - t0
     peak = peak_rss_mb()
-    return {"config": config, "loaded_mb": loaded, "peak_mb": peak, "added_mb": peak - loaded, "s": seconds}
+    row = {"config": config, "loaded_mb": loaded, "peak_mb": peak, "added_mb": peak - loaded, "s": seconds}
+    return {**row, **extra}
 
 
 def main() -> None:
@@ -83,6 +94,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache-mb", type=float, default=600.0, help="the budget of `engine max_cache_mb`")
     ap.add_argument(
         "--configs", default=",".join(CONFIGS), help="comma-separated, from: " + ", ".join(CONFIGS)
     )
@@ -90,12 +102,13 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.batch, args.tokens, args.k, args.threads)))
+        print(json.dumps(child(args.child, args.batch, args.tokens, args.k, args.threads, args.cache_mb)))
         return
     rows = []
     for config in [c.strip() for c in args.configs.split(",") if c.strip()]:
         cmd = [sys.executable, __file__, "--child", config, "--batch", str(args.batch)]
         cmd += ["--tokens", str(args.tokens), "--k", str(args.k), "--threads", str(args.threads)]
+        cmd += ["--cache-mb", str(args.cache_mb)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  {config}: {rows[-1]}", flush=True)
@@ -106,8 +119,9 @@ def main() -> None:
     print("| configuration | loaded MB | peak RSS MB | added by the run MB | peak / plain | run s |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
+        name = r["config"] + (f" = {args.cache_mb:g}" if r["config"].endswith("max_cache_mb") else "")
         print(
-            f"| {r['config']} | {r['loaded_mb']:.0f} | {r['peak_mb']:.0f} | {r['added_mb']:.0f} | "
+            f"| {name} | {r['loaded_mb']:.0f} | {r['peak_mb']:.0f} | {r['added_mb']:.0f} | "
             f"{r['peak_mb'] / base:.2f} | {r['s']:.1f} |"
         )
     if args.json:

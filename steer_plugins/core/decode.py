@@ -20,6 +20,7 @@ from .combine import cached_continuation_tokens, combine, guard_non_finite
 from .config import BranchWeights
 from .constraints import Constraint, apply_constraints, parsed_output
 from .jobs import PromptJob
+from .kv_cache import kv_elements_per_token
 from .results import SteerResult, StreamEvent
 from .rows import RowBatch, UnmergeableCache
 from .sampling import Sampler, make_sampler
@@ -234,6 +235,24 @@ class Decoder:
         self._plan: _StepPlan | None = None
         self._samplers: dict[tuple, Sampler] = {}
         self._continues: torch.Tensor | None = None
+
+    def cache_bytes(self, job: PromptJob) -> int:
+        """An estimate of the KV cache `job` holds at its longest: every row of the prompt (expert,
+        base, one per negative context) keeps its context plus `max_new_tokens` tokens, in the
+        row's cache dtype. Padding to a length bucket's longest row is not counted. 0 when the
+        models' configs do not say how large a token's cache is."""
+        expert_rows, base_rows = _plan_rows(0, job, self.models.base is self.models.expert)
+        guide = self.models.guidance_kv_dtype
+        total = 0
+        for model, rows in ((self.models.expert, expert_rows), (self.models.base, base_rows)):
+            per_token = kv_elements_per_token(model) if rows else None
+            if per_token is None:
+                continue
+            own = next(model.parameters()).dtype.itemsize
+            for r in rows:
+                size = own if r.slot == 0 or guide is None else guide.itemsize
+                total += (len(r.context) + job.config.max_new_tokens) * per_token * size
+        return total
 
     @property
     def active(self) -> list[int]:

@@ -26,6 +26,7 @@ from . import kernels
 from .config import SteerConfig
 from .decode import Decoder
 from .jobs import TokenContext
+from .kv_cache import kv_elements_per_token
 from .negatives import NegativePool
 from .options import CallOptions, check_prompts
 from .results import SteerResult, StreamEvent
@@ -76,6 +77,12 @@ class SteerEngine:
             order only. None (default): on a CPU, when a quick timing says oneDNN is at least 15 %
             faster here (AMD CPUs with AVX-512: about 2x); True: whenever oneDNN is available;
             False: never. Other users of the same model object keep PyTorch's kernels.
+        max_cache_mb: bound the KV cache of the prompts decoding at once (estimated from each
+            prompt's rows: expert, base and K negative contexts, each with room for its new tokens).
+            A prompt that does not fit waits, with its negatives already drawn, until finished
+            prompts free room; one prompt always runs. Exact: a prompt's output does not depend on
+            what shares its batch. None (default): no bound, `max_batch_size` alone decides.
+            `engine.stats.peak_cache_mb` reports the estimate's high-water mark.
 
     Example:
         >>> engine = SteerEngine("smollm2-135m-instruct", pool=["Is dark matter cold?"])
@@ -102,9 +109,14 @@ class SteerEngine:
         guidance_kv_dtype: torch.dtype | None = None,
         negative_prefill_dtype: torch.dtype | None = None,
         fast_linear: bool | None = None,
+        max_cache_mb: float | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"`max_batch_size` must be >= 1, got {max_batch_size}")
+        if max_cache_mb is not None and not (isinstance(max_cache_mb, int | float) and max_cache_mb > 0):
+            raise ValueError(
+                f"`max_cache_mb` must be a positive number of MB (or None for no bound), got {max_cache_mb!r}"
+            )
         if config is not None and not isinstance(config, SteerConfig):
             raise TypeError(
                 f"`config` must be a SteerConfig, got {type(config).__name__}: SteerConfig(**fields)"
@@ -138,7 +150,19 @@ class SteerEngine:
             min_forward_rows=min_forward_rows or (4 if self.device.type == "cpu" else 1),
         )
         tokens = TokenContext(self.tokenizer, self.context_window, eos)
-        self._scheduler = Scheduler(decoder, tokens, max_batch_size=max_batch_size, coalesce_ms=coalesce_ms)
+        if max_cache_mb is not None and kv_elements_per_token(self.models.expert) is None:
+            raise ValueError(
+                "`max_cache_mb` needs the size of a token's KV cache, and the expert's config does not "
+                "give num_hidden_layers / num_attention_heads / hidden_size; leave max_cache_mb=None "
+                "and bound the batch with max_batch_size instead"
+            )
+        self._scheduler = Scheduler(
+            decoder,
+            tokens,
+            max_batch_size=max_batch_size,
+            coalesce_ms=coalesce_ms,
+            max_cache_bytes=None if max_cache_mb is None else int(max_cache_mb * 2**20),
+        )
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ public API

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["Packed", "RowKVCache", "Segment", "pad_left", "select_dynamic"]
+__all__ = ["Packed", "RowKVCache", "Segment", "kv_elements_per_token", "pad_left", "select_dynamic"]
 
 
 class Packed:
@@ -348,3 +348,19 @@ def select_dynamic(cache, keep: torch.Tensor) -> None:
 def pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
     """Zero-pad a `(batch, heads, seq, dim)` tensor on the left of the sequence axis."""
     return t if n == 0 else torch.nn.functional.pad(t, (0, 0, n, 0))
+
+
+def kv_elements_per_token(model: torch.nn.Module) -> int | None:
+    """Key and value elements one token keeps in the cache over all of `model`'s layers, from its
+    config (layers x KV heads x head size x 2); None when the config does not say."""
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "get_text_config"):
+        cfg = cfg.get_text_config()
+    try:
+        layers = int(cfg.num_hidden_layers)
+        heads = int(cfg.num_attention_heads)
+        kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return layers * kv_heads * head_dim * 2

@@ -5,7 +5,9 @@ A call becomes a `Request` (its prompts and one validated `CallOptions`). The sc
 prepares each prompt (`Request.job`, a pure function), inserts the jobs into the `Decoder`, and steps
 it; every step's events are routed to the request that owns them, and a request's future resolves
 when its last prompt finishes. Requests that arrive while the batch decodes join it at the next step
-(continuous batching) while fewer than `max_batch_size` prompts are active.
+(continuous batching) while fewer than `max_batch_size` prompts are active and, with a cache budget
+(`max_cache_bytes`), while their KV cache fits in it: a prompt that does not fit waits, already
+prepared, until finished prompts free room (the oldest first; one prompt always runs).
 
 One way down, one way back: the decoder never calls the scheduler, and the scheduler never calls
 the engine. Faults stay with their request: a request whose preparation fails, whose consumer
@@ -62,6 +64,10 @@ class EngineStats:
         prompts_admitted: prompts that joined a batch already decoding (continuous batching).
         prompts_decoded: prompts that finished (stop, length or cancelled).
         steps: decode steps run (one token for every active prompt each).
+        prompts_waited: prompts that were held back, prepared, at least once because their KV cache
+            did not fit in the cache budget (`SteerEngine(max_cache_mb=...)`).
+        peak_cache_mb: the largest estimated KV cache of the prompts decoding together
+            (`Decoder.cache_bytes`; tracked only under a cache budget), in MB.
     """
 
     batches_started: int = 0
@@ -69,6 +75,8 @@ class EngineStats:
     prompts_admitted: int = 0
     prompts_decoded: int = 0
     steps: int = 0
+    prompts_waited: int = 0
+    peak_cache_mb: float = 0.0
 
 
 @dataclass(eq=False)
@@ -84,9 +92,14 @@ class Request:
     taken: set[int] = field(default_factory=set)
     streamed: bool = False  # a sink received events (it cannot be replayed after an interrupt)
     shared_negatives: list[str] | None = None  # `share_negatives`: the call's one draw
+    prepared: dict[int, PromptJob] = field(default_factory=dict)  # held back by the cache budget
+    waited: set[int] = field(default_factory=set)  # prompts the cache budget ever held back
 
     def job(self, tokens: TokenContext, i: int) -> PromptJob:
-        """Prompt `i` prepared for the decoder (a pure function of the request and the pool)."""
+        """Prompt `i` prepared for the decoder (a pure function of the request and the pool; a prompt
+        held back by the cache budget keeps the job it was first prepared as)."""
+        if i in self.prepared:
+            return self.prepared.pop(i)
         o = self.options
         negatives = None if o.negatives is None else o.negatives[i]
         if negatives is None and o.config.share_negatives:  # drawn once, by the call's first seed
@@ -126,13 +139,23 @@ class Scheduler:
             enters the decoder, so it sees the pool as it stands then).
         max_batch_size: most prompts decoding at once.
         coalesce_ms: how long to wait for more requests before starting a batch.
+        max_cache_bytes: most KV cache (estimated by `Decoder.cache_bytes`) of the prompts decoding
+            at once; None: no bound.
     """
 
     def __init__(
-        self, decoder: Decoder, tokens: TokenContext, *, max_batch_size: int, coalesce_ms: float
+        self,
+        decoder: Decoder,
+        tokens: TokenContext,
+        *,
+        max_batch_size: int,
+        coalesce_ms: float,
+        max_cache_bytes: int | None = None,
     ) -> None:
         self.decoder, self.tokens = decoder, tokens
         self.max_batch_size, self.coalesce_ms = max_batch_size, coalesce_ms
+        self.max_cache_bytes = max_cache_bytes
+        self._costs: dict[int, int] = {}  # decoder job id -> its estimated cache bytes
         self._lock = threading.Condition()
         self._pending: list[Request] = []
         self._owners: dict[int, tuple[Request, int]] = {}  # decoder job id -> (request, prompt index)
@@ -235,7 +258,7 @@ class Scheduler:
         that streamed events fail (a replay would repeat text); the others go back to the queue and
         restart their unfinished prompts with the same seeds (the same results)."""
         owners = {req for req, _ in self._owners.values()}
-        self._owners = {}
+        self._owners, self._costs = {}, {}
         self.decoder = self.decoder.fresh()
         with self._lock:
             for req in owners:
@@ -304,6 +327,8 @@ class Scheduler:
         free = self.max_batch_size - len(self.decoder)
         if free <= 0 or not self._pending:  # unlocked peek: a request missed now joins next step
             return []
+        if self.max_cache_bytes is not None and sum(self._costs.values()) >= self.max_cache_bytes:
+            return []
         with self._lock:
             return self._take(free)
 
@@ -340,6 +365,9 @@ class Scheduler:
                 continue
             jobs += prepared
             owners += [(req, i) for i in indices]
+        costs = [self.decoder.cache_bytes(j) for j in jobs] if self.max_cache_bytes is not None else []
+        if costs:
+            jobs, owners, costs = self._fit(jobs, owners, costs)
         if jobs:  # one prefill for every request taken together
             try:
                 ids = self.decoder.insert(jobs)  # leaves the running batch unchanged if it raises
@@ -349,12 +377,42 @@ class Scheduler:
                 return 0
             for job_id, owner in zip(ids, owners, strict=True):
                 self._owners[job_id] = owner
+            if costs:
+                self._costs.update(zip(ids, costs, strict=True))
+                in_use = sum(self._costs.values()) / 2**20
+                self._stats.peak_cache_mb = max(self._stats.peak_cache_mb, in_use)
         inserted = len(jobs)
         if admitted:
             self._stats.prompts_admitted += inserted
         else:
             self._stats.prompts_started += inserted
         return inserted
+
+    def _fit(
+        self, jobs: list[PromptJob], owners: list[tuple[Request, int]], costs: list[int]
+    ) -> tuple[list[PromptJob], list[tuple[Request, int]], list[int]]:
+        """The prefix of `jobs` whose caches fit in the budget next to the running batch (at least
+        one job when nothing runs). The rest go back to the queue as prepared jobs, ahead of
+        prompts not taken yet, so a held prompt keeps its place and its negatives."""
+        in_use = sum(self._costs.values())
+        n = 0
+        while n < len(jobs) and (in_use + costs[n] <= self.max_cache_bytes or (n == 0 and not self._costs)):
+            in_use += costs[n]
+            n += 1
+        if n == len(jobs):
+            return jobs, owners, costs
+        with self._lock:
+            held: list[Request] = []
+            for job, (req, i) in zip(jobs[n:], owners[n:], strict=True):
+                req.prepared[i] = job
+                req.taken.discard(i)
+                if i not in req.waited:
+                    req.waited.add(i)
+                    self._stats.prompts_waited += 1
+                if req not in held:
+                    held.append(req)
+            self._pending = held + [r for r in self._pending if r not in held]
+        return jobs[:n], owners[:n], costs[:n]
 
     def _route(self, events: list[tuple[int, StreamEvent]]) -> None:
         """Send each event to its request; resolve requests whose last prompt finished."""
@@ -363,6 +421,7 @@ class Scheduler:
             req, _ = self._owners[job_id]
             if ev.result is not None:
                 del self._owners[job_id]
+                self._costs.pop(job_id, None)
                 self._stats.prompts_decoded += 1
             if req.done:
                 continue
@@ -387,5 +446,5 @@ class Scheduler:
     def _fail_batch(self, err: Exception) -> None:
         for req, _ in list(self._owners.values()):
             req.fail(err)
-        self._owners = {}
+        self._owners, self._costs = {}, {}
         self.decoder = self.decoder.fresh()

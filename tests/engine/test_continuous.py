@@ -225,3 +225,96 @@ def test_skewed_threads_equal_serial_and_share_batches(tiny_engine):
     assert after.prompts_decoded - before.prompts_decoded == 8
     batches = after.batches_started - before.batches_started
     assert batches < 8, f"skewed calls were not batched together: {after} vs {before}"
+
+
+# ---------------------------------------------------------------- the cache budget (max_cache_mb)
+def _cache_bytes_in_use(engine: SteerEngine) -> int:
+    from steer_plugins.core.rows import _layer_tensors
+
+    return sum(
+        k.nbytes + v.nbytes
+        for g in engine._scheduler.decoder._groups
+        for k, v in _layer_tensors(g.batch.cache) or []
+    )
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_cache_estimate_matches_the_allocated_cache(arch, tiny_tok):
+    engine = SteerEngine(tiny_model(arch, tiny_tok, seed=1), tiny_model(arch, tiny_tok, seed=2), tiny_tok)
+    from steer_plugins.core.jobs import prepare_job
+
+    job = prepare_job(
+        engine._scheduler.tokens, PROMPTS[1], engine.config.merged(max_new_tokens=8), seed=0,
+        pool=engine.pool, negatives=NEGS[0],
+    )  # fmt: skip
+    estimate = engine._scheduler.decoder.cache_bytes(job)
+    engine._scheduler.decoder.insert([job])
+    real = _cache_bytes_in_use(engine)
+    assert 0.5 * estimate <= real <= 1.25 * estimate, (real, estimate)
+
+
+def test_cache_budget_holds_prompts_back_and_keeps_outputs(tiny_tok, monkeypatch):
+    import steer_plugins.core.decode as decode_mod
+
+    def engine(**kw):
+        return SteerEngine(
+            tiny_model("llama", tiny_tok, seed=1), tiny_model("llama", tiny_tok, seed=2), tiny_tok, **kw
+        )
+
+    negs = [NEGS[i % len(NEGS)] for i in range(6)]
+    free = engine()
+    ref = free.generate(PROMPTS[:6], negatives=negs, seed=3, max_new_tokens=6, return_scores=True)
+    free.close()
+    assert free.stats.prompts_waited == 0
+
+    one = free._scheduler.decoder.cache_bytes  # the estimate of a single prompt, to size the budget
+    from steer_plugins.core.jobs import prepare_job
+
+    costs = [
+        one(prepare_job(free._scheduler.tokens, p, free.config.merged(max_new_tokens=6), seed=0, pool=free.pool,
+                        negatives=n))
+        for p, n in zip(PROMPTS[:6], negs, strict=True)
+    ]  # fmt: skip
+    budget_mb = 2.2 * max(costs) / 2**20
+    bounded = engine(max_cache_mb=budget_mb)
+    widths: list[int] = []
+    real = decode_mod._gather_plan
+
+    def recording(groups, active, device):
+        widths.append(len(active))
+        return real(groups, active, device)
+
+    monkeypatch.setattr(decode_mod, "_gather_plan", recording)
+    out = bounded.generate(PROMPTS[:6], negatives=negs, seed=3, max_new_tokens=6, return_scores=True)
+    bounded.close()
+    stats = bounded.stats
+    assert stats.prompts_waited > 0 and stats.prompts_admitted > 0
+    assert 0 < stats.peak_cache_mb <= budget_mb
+    assert 2 <= max(widths) < 6  # more than one prompt at a time, never all six
+    for r, s in zip(out, ref, strict=True):  # a prompt's output does not depend on its batch
+        assert r.token_ids == s.token_ids and r.negatives_used == s.negatives_used
+        close(r.scores, s.scores)
+
+
+def test_cache_budget_below_one_prompt_still_decodes_one_at_a_time(tiny_tok, monkeypatch):
+    import steer_plugins.core.decode as decode_mod
+
+    engine = SteerEngine(
+        tiny_model("llama", tiny_tok, seed=1),
+        tiny_model("llama", tiny_tok, seed=2),
+        tiny_tok,
+        max_cache_mb=1e-6,
+    )
+    widths: list[int] = []
+    real = decode_mod._gather_plan
+    monkeypatch.setattr(decode_mod, "_gather_plan", lambda g, a, d: widths.append(len(a)) or real(g, a, d))
+    out = engine.generate(PROMPTS[:3], negatives=[["neg"]] * 3, seed=0, max_new_tokens=3, ignore_eos=True)
+    engine.close()
+    assert [len(r.token_ids) for r in out] == [3, 3, 3]
+    assert max(widths) == 1 and engine.stats.prompts_decoded == 3 and engine.stats.prompts_waited >= 2
+
+
+@pytest.mark.parametrize("bad", [0, -5.0, "big"])
+def test_cache_budget_is_checked_before_any_model_loads(bad):
+    with pytest.raises(ValueError, match="max_cache_mb"):
+        SteerEngine("no/such-model-anywhere", max_cache_mb=bad)

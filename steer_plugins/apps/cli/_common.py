@@ -66,6 +66,10 @@ RUN_KEYS: dict[str, str] = {
         "prefill the negative contexts in bf16 (opt-in, not exact; 2.5x faster prefill on GPUs and CPUs "
         "with native bf16, slower elsewhere)"
     ),
+    "max_cache_mb": (
+        "bound the KV cache of the rows decoding at once, in MB (exact: rows that do not fit wait; "
+        "default: no bound)"
+    ),
     "prompts": "file of prompts, one per row (JSONL `prompt`/`text` field, or plain text lines)",
     "dedup": "drop duplicate outputs: exact or minhash",
     "dedup_threshold": "minhash: Jaccard similarity at which two outputs are duplicates",
@@ -271,6 +275,13 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         help="prefill the negative contexts in bf16: opt-in, not exact; about 2.5x faster prefill on GPUs "
         "and CPUs with AVX-512 BF16/AMX (emulated and slower elsewhere); quality in docs/quality.md",
     )
+    g.add_argument(
+        "--max-cache-mb",
+        type=float,
+        metavar="MB",
+        help="bound the KV cache of the rows decoding at once (exact: a row that does not fit waits for "
+        "room; K negatives per row make it the engine's largest memory cost; default: no bound)",
+    )
 
 
 # ---------------------------------------------------------------------- config file, settings
@@ -351,6 +362,10 @@ def check_run_settings(settings: dict[str, Any]) -> None:
             raise CLIError(
                 f"`schema` ({flag}) must be a JSON schema file or an inline mapping, got {value!r}"
             )
+        if key == "max_cache_mb" and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+        ):
+            raise CLIError(f"`{key}` ({flag}) must be a positive number of MB, got {value!r}")
         if key == "dedup_threshold" and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise CLIError(f"`{key}` ({flag}) must be a number in (0, 1], got {value!r}")
 
