@@ -96,6 +96,11 @@ def methods() -> list[tuple[str, str, dict]]:
             (0.4, 0.05),
         )
     ]
+    # negative prompting alone (γ 0 costs no centroid in the grid) with the word mask and the head mask
+    out += [
+        (f"γ{g:g} η{e:g} α0.05 words", "expert", steer(g, e, alpha=0.05, whole_words=True))
+        for g, e in ((0.0, 0.4), (0.0, 0.6), (0.0, 0.8), (0.1, 0.6))
+    ]
     # the same default with the base and negative rows' KV cache stored in bf16 (opt-in memory saving)
     out += [
         (
