@@ -229,7 +229,7 @@ class Scheduler:
     def _after_fork(self) -> None:
         """A forked child (datasets' num_proc) starts with no loop: the parent's thread is not ours."""
         if self._pid != os.getpid():
-            self._lock, self._pending, self._owners = threading.Condition(), [], {}
+            self._lock, self._pending, self._owners, self._costs = threading.Condition(), [], {}, {}
             self._worker, self._pid, self._expectations = None, os.getpid(), []
             self.decoder = self.decoder.fresh()
 
