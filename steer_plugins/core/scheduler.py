@@ -66,8 +66,8 @@ class EngineStats:
         steps: decode steps run (one token for every active prompt each).
         prompts_waited: prompts that were held back, prepared, at least once because their KV cache
             did not fit in the cache budget (`SteerEngine(max_cache_mb=...)`).
-        peak_cache_mb: the largest estimated KV cache of the prompts decoding together
-            (`Decoder.cache_bytes`; tracked only under a cache budget), in MB.
+        peak_cache_mb: the largest estimated KV cache of the prompts decoding together (each
+            prompt's rows with room for their new tokens; tracked only under a cache budget), in MB.
     """
 
     batches_started: int = 0
