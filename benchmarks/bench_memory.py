@@ -10,10 +10,11 @@ workload once, and report the process high-water mark (VmHWM) and what the run a
 loaded process. The workload is `bench_speed.py`'s: SmolLM2-135M-Instruct (fp32) with the shipped
 LoRA expert, K real negatives per prompt drawn from the astronomy hypotheses, forced new tokens.
 
-Configurations: plain `generate()` of the expert (the baseline), the engine at the product defaults
-(exact fp32 KV cache), and the engine with the base and negative rows' KV stored in bf16
-(`guidance_kv_dtype`, opt-in; the expert's own rows stay fp32), and the exact engine under a cache
-budget (`max_cache_mb`, `--cache-mb`): prompts whose KV cache does not fit wait for finished ones.
+Configurations: plain `generate()` of the expert (the baseline); the engine at the product defaults
+(exact fp32 KV cache, `max_cache_mb="auto"`: the cache bounded by the weights' size; prompts whose
+cache does not fit wait for finished ones); the engine with no bound (`max_cache_mb=None`); the
+engine with the base and negative rows' KV stored in bf16 (`guidance_kv_dtype`, opt-in, not exact;
+the expert's own rows stay fp32; no bound); and the exact engine under a budget of `--cache-mb`.
 The "run s" column is each child's wall time on the same workload (compare rows of one run only).
 """
 
@@ -32,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ("plain", "engine", "engine bf16 guidance KV", "engine max_cache_mb")
+CONFIGS = ("plain", "engine", "engine unbounded", "engine bf16 guidance KV", "engine max_cache_mb")
 
 
 def _status_mb(field: str) -> float:
@@ -71,7 +72,7 @@ def child(config: str, batch: int, tokens: int, k: int, threads: int, cache_mb: 
             )  # fmt: skip
     else:
         low = torch.bfloat16 if config.endswith("bf16 guidance KV") else None
-        budget = cache_mb if config.endswith("max_cache_mb") else None
+        budget = {"engine": "auto", "engine max_cache_mb": cache_mb}.get(config)
         engine = SteerEngine(
             expert,
             tokenizer=tok,
@@ -81,7 +82,11 @@ def child(config: str, batch: int, tokens: int, k: int, threads: int, cache_mb: 
         )
         engine.generate(prompts, negatives=negs, max_new_tokens=tokens, ignore_eos=True, seed=1)
         stats = engine.stats
-        extra = {"cache_estimate_peak_mb": stats.peak_cache_mb, "prompts_waited": stats.prompts_waited}
+        extra = {
+            "budget_mb": engine.cache_budget_mb,
+            "cache_estimate_peak_mb": stats.peak_cache_mb,
+            "prompts_waited": stats.prompts_waited,
+        }
     seconds = time.perf_counter() - t0
     peak = peak_rss_mb()
     row = {"config": config, "loaded_mb": loaded, "peak_mb": peak, "added_mb": peak - loaded, "s": seconds}
@@ -119,7 +124,7 @@ def main() -> None:
     print("| configuration | loaded MB | peak RSS MB | added by the run MB | peak / plain | run s |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        name = r["config"] + (f" = {args.cache_mb:g}" if r["config"].endswith("max_cache_mb") else "")
+        name = r["config"] + (f" = {r['budget_mb']:.0f} MB" if r.get("budget_mb") else "")
         print(
             f"| {name} | {r['loaded_mb']:.0f} | {r['peak_mb']:.0f} | {r['added_mb']:.0f} | "
             f"{r['peak_mb'] / base:.2f} | {r['s']:.1f} |"

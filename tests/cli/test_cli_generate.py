@@ -345,15 +345,19 @@ def test_max_cache_mb_bounds_memory_not_the_rows(tmp_path, gen_args, capsys):
     """`--max-cache-mb` only changes how many rows decode at once: the same rows, and a file made
     without it resumes with it."""
     free, bounded = tmp_path / "free.jsonl", tmp_path / "bounded.jsonl"
-    assert _gen(gen_args, free, "--n", "4", "--chunk-size", "4") == 0
-    assert _gen(gen_args, bounded, "--n", "2", "--chunk-size", "4") == 0
+    assert _gen(gen_args, free, "--n", "4", "--chunk-size", "4", "--max-cache-mb", "none") == 0
+    assert _gen(gen_args, bounded, "--n", "2", "--chunk-size", "4") == 0  # the default: "auto"
     assert _gen(gen_args, bounded, "--n", "4", "--chunk-size", "4", "--max-cache-mb", "0.001") == 0
     assert [r["text"] for r in _rows(bounded)] == [r["text"] for r in _rows(free)]
     cfg = tmp_path / "run.json"
     cfg.write_text(json.dumps({"max_cache_mb": 0}))
     capsys.readouterr()
     assert _gen(gen_args, tmp_path / "other.jsonl", "--n", "1", "--config", str(cfg)) == 2
-    assert "`max_cache_mb` (--max-cache-mb) must be a positive number of MB, got 0" in capsys.readouterr().err
+    assert "`max_cache_mb` (--max-cache-mb) must be a positive number of MB, 'auto' or 'none', got 0" in (
+        capsys.readouterr().err
+    )
+    assert _gen(gen_args, tmp_path / "other.jsonl", "--n", "1", "--max-cache-mb", "lots") == 2
+    assert "expected a number of MB, 'auto' or 'none', got 'lots'" in capsys.readouterr().err
 
 
 def test_a_file_made_before_share_negatives_existed_still_resumes(tmp_path, gen_args, capsys):

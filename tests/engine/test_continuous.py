@@ -262,7 +262,7 @@ def test_cache_budget_holds_prompts_back_and_keeps_outputs(tiny_tok, monkeypatch
         )
 
     negs = [NEGS[i % len(NEGS)] for i in range(6)]
-    free = engine()
+    free = engine(max_cache_mb=None)
     ref = free.generate(PROMPTS[:6], negatives=negs, seed=3, max_new_tokens=6, return_scores=True)
     free.close()
     assert free.stats.prompts_waited == 0
@@ -314,7 +314,20 @@ def test_cache_budget_below_one_prompt_still_decodes_one_at_a_time(tiny_tok, mon
     assert max(widths) == 1 and engine.stats.prompts_decoded == 3 and engine.stats.prompts_waited >= 2
 
 
-@pytest.mark.parametrize("bad", [0, -5.0, "big"])
+def test_the_default_cache_budget_is_the_weights_size(tiny_tok):
+    expert, base = tiny_model("llama", tiny_tok, seed=1), tiny_model("llama", tiny_tok, seed=2)
+    weights = sum(
+        p.numel() * p.element_size() for m in (expert, base) for p in [*m.parameters(), *m.buffers()]
+    )
+    assert SteerEngine(expert, base, tiny_tok).cache_budget_mb == pytest.approx(weights / 2**20)
+    lora = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=2), seed=5)  # base = the same weights
+    shared = sum(p.numel() * p.element_size() for p in [*lora.parameters(), *lora.buffers()])
+    assert SteerEngine(lora, tokenizer=tiny_tok).cache_budget_mb == pytest.approx(shared / 2**20)
+    assert SteerEngine(expert, base, tiny_tok, max_cache_mb=None).cache_budget_mb is None
+    assert SteerEngine(expert, base, tiny_tok, max_cache_mb=3).cache_budget_mb == 3
+
+
+@pytest.mark.parametrize("bad", [0, -5.0, "big", True])
 def test_cache_budget_is_checked_before_any_model_loads(bad):
     with pytest.raises(ValueError, match="max_cache_mb"):
         SteerEngine("no/such-model-anywhere", max_cache_mb=bad)

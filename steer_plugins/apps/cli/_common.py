@@ -67,8 +67,8 @@ RUN_KEYS: dict[str, str] = {
         "with native bf16, slower elsewhere)"
     ),
     "max_cache_mb": (
-        "bound the KV cache of the rows decoding at once, in MB (exact: rows that do not fit wait; "
-        "default: no bound)"
+        "bound the KV cache of the rows decoding at once: MB, 'auto' (default: the weights' size) or "
+        "'none' (exact either way: rows that do not fit wait)"
     ),
     "prompts": "file of prompts, one per row (JSONL `prompt`/`text` field, or plain text lines)",
     "dedup": "drop duplicate outputs: exact or minhash",
@@ -277,11 +277,25 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--max-cache-mb",
-        type=float,
+        type=_cache_mb,
         metavar="MB",
-        help="bound the KV cache of the rows decoding at once (exact: a row that does not fit waits for "
-        "room; K negatives per row make it the engine's largest memory cost; default: no bound)",
+        help="bound the KV cache of the rows decoding at once: a number of MB, 'auto' (default: as much "
+        "as the weights take) or 'none' (no bound: fastest, most memory). Exact either way: a row that "
+        "does not fit waits for room",
     )
+
+
+def _cache_mb(text: str) -> float | str:
+    """`--max-cache-mb`: 'auto', 'none' or a positive number of MB."""
+    if text.strip().lower() in ("auto", "none"):
+        return text.strip().lower()
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of MB, 'auto' or 'none', got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of MB, got {text!r}")
+    return value
 
 
 # ---------------------------------------------------------------------- config file, settings
@@ -362,10 +376,14 @@ def check_run_settings(settings: dict[str, Any]) -> None:
             raise CLIError(
                 f"`schema` ({flag}) must be a JSON schema file or an inline mapping, got {value!r}"
             )
-        if key == "max_cache_mb" and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+        if (
+            key == "max_cache_mb"
+            and value not in ("auto", "none")
+            and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0)
         ):
-            raise CLIError(f"`{key}` ({flag}) must be a positive number of MB, got {value!r}")
+            raise CLIError(
+                f"`{key}` ({flag}) must be a positive number of MB, 'auto' or 'none', got {value!r}"
+            )
         if key == "dedup_threshold" and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise CLIError(f"`{key}` ({flag}) must be a number in (0, 1], got {value!r}")
 

@@ -291,7 +291,9 @@ def build_engine(settings: dict[str, Any], config: Any, *, pool: list[str] | Non
                 device=settings.get("device"),
                 max_batch_size=int(settings.get("chunk_size") or DEFAULT_CHUNK_SIZE),
                 negative_prefill_dtype=torch.bfloat16 if settings.get("bf16_negatives") else None,
-                max_cache_mb=settings.get("max_cache_mb"),
+                max_cache_mb={None: "auto", "none": None}.get(
+                    settings.get("max_cache_mb"), settings.get("max_cache_mb")
+                ),
             )
     except _load_errors() as e:
         raise CLIError(f"could not load the model `{expert}`: {type(e).__name__}: {e}") from None
