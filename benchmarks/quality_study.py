@@ -289,7 +289,9 @@ def _score_one(
     reasons = None if name == REAL else (read_finish_reasons(sample_path(out, name, seed)) or [None] * n)[:n]
     what = [texts, reasons, ref, n, resamples, costly_b] + ([metrics] if metrics else [])
     key = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
-    cache = out / "scores" / f"{slug(name)}_seed{seed}_n{n}.json"
+    # a subset of metrics (`--metrics`) has its own file, so it never evicts a full scoring
+    tag = "" if not metrics else "_m" + hashlib.sha256(",".join(metrics).encode()).hexdigest()[:6]
+    cache = out / "scores" / f"{slug(name)}_seed{seed}_n{n}{tag}.json"
     if cache.exists() and (hit := json.loads(cache.read_text()))["key"] == key:
         return hit["point"], {m: np.array(v, dtype=float) for m, v in hit["replicates"].items()}
     if name == REAL:  # the reference on its own: its n-gram ratios, Vendi, leave-one-out invented words
