@@ -40,6 +40,21 @@ def close(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def _record_widths(monkeypatch) -> list[int]:
+    """The number of prompts in every decode step from now on (a live list)."""
+    import steer_plugins.core.decode as decode_mod
+
+    widths: list[int] = []
+    real = decode_mod._gather_plan
+
+    def recording(groups, active, device):
+        widths.append(len(active))
+        return real(groups, active, device)
+
+    monkeypatch.setattr(decode_mod, "_gather_plan", recording)
+    return widths
+
+
 # ---------------------------------------------------------------- RowBatch.merge
 def merge_against_reference(model, tok, names_a=None, names_b=None, *, a_idx, b_idx, min_rows):
     """Batch A (prefilled, then one step) merged with a freshly prefilled batch B must equal one batch
@@ -175,22 +190,13 @@ def test_unmergeable_cache_runs_joiners_as_their_own_group(tiny_engine, monkeypa
 
 
 def test_max_batch_size_caps_active_prompts(tiny_tok, monkeypatch):
-    import steer_plugins.core.decode as decode_mod
-
     engine = SteerEngine(
         tiny_model("llama", tiny_tok, seed=1),
         tiny_model("llama", tiny_tok, seed=2),
         tiny_tok,
         max_batch_size=2,
     )
-    widths: list[int] = []
-    real = decode_mod._gather_plan
-
-    def recording(groups, active, device):
-        widths.append(len(active))
-        return real(groups, active, device)
-
-    monkeypatch.setattr(decode_mod, "_gather_plan", recording)
+    widths = _record_widths(monkeypatch)
     negs = [["neg"]] * 5
     rs = engine.generate(PROMPTS[:5], negatives=negs, seed=0, max_new_tokens=3)
     again = engine.generate(PROMPTS[:5], negatives=negs, seed=0, max_new_tokens=3)
@@ -254,8 +260,6 @@ def test_cache_estimate_matches_the_allocated_cache(arch, tiny_tok):
 
 
 def test_cache_budget_holds_prompts_back_and_keeps_outputs(tiny_tok, monkeypatch):
-    import steer_plugins.core.decode as decode_mod
-
     def engine(**kw):
         return SteerEngine(
             tiny_model("llama", tiny_tok, seed=1), tiny_model("llama", tiny_tok, seed=2), tiny_tok, **kw
@@ -277,14 +281,7 @@ def test_cache_budget_holds_prompts_back_and_keeps_outputs(tiny_tok, monkeypatch
     ]  # fmt: skip
     budget_mb = 2.2 * max(costs) / 2**20
     bounded = engine(max_cache_mb=budget_mb)
-    widths: list[int] = []
-    real = decode_mod._gather_plan
-
-    def recording(groups, active, device):
-        widths.append(len(active))
-        return real(groups, active, device)
-
-    monkeypatch.setattr(decode_mod, "_gather_plan", recording)
+    widths = _record_widths(monkeypatch)
     out = bounded.generate(PROMPTS[:6], negatives=negs, seed=3, max_new_tokens=6, return_scores=True)
     bounded.close()
     stats = bounded.stats
@@ -297,17 +294,13 @@ def test_cache_budget_holds_prompts_back_and_keeps_outputs(tiny_tok, monkeypatch
 
 
 def test_cache_budget_below_one_prompt_still_decodes_one_at_a_time(tiny_tok, monkeypatch):
-    import steer_plugins.core.decode as decode_mod
-
     engine = SteerEngine(
         tiny_model("llama", tiny_tok, seed=1),
         tiny_model("llama", tiny_tok, seed=2),
         tiny_tok,
         max_cache_mb=1e-6,
     )
-    widths: list[int] = []
-    real = decode_mod._gather_plan
-    monkeypatch.setattr(decode_mod, "_gather_plan", lambda g, a, d: widths.append(len(a)) or real(g, a, d))
+    widths = _record_widths(monkeypatch)
     out = engine.generate(PROMPTS[:3], negatives=[["neg"]] * 3, seed=0, max_new_tokens=3, ignore_eos=True)
     engine.close()
     assert [len(r.token_ids) for r in out] == [3, 3, 3]
