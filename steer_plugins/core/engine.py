@@ -81,10 +81,11 @@ class SteerEngine:
             prompt's rows: expert, base and K negative contexts, each with room for its new tokens).
             A prompt that does not fit waits, with its negatives already drawn, until finished
             prompts free room; one prompt always runs. Exact: a prompt's output does not depend on
-            what shares its batch. "auto" (default): as much cache as the loaded weights take (K
-            negative contexts per prompt otherwise make the cache the largest memory cost: at 32
-            prompts and K = 10 it is 2.3x SmolLM2-135M's weights); a number: that many MB; None: no
-            bound, `max_batch_size` alone decides (fastest for large batches).
+            what shares its batch. "auto" (default): as much cache as the loaded weights take, and
+            at least `AUTO_CACHE_FLOOR_MB` (K negative contexts per prompt otherwise make the cache
+            the largest memory cost: at 32 prompts and K = 10 it is 2.3x SmolLM2-135M's weights);
+            a number: that many MB; None: no bound, `max_batch_size` alone decides (fastest for
+            large batches).
             `engine.cache_budget_mb` is the bound in force, `engine.stats.peak_cache_mb` the
             estimate's high-water mark.
 
@@ -164,7 +165,8 @@ class SteerEngine:
         )
         tokens = TokenContext(self.tokenizer, self.context_window, eos)
         if max_cache_mb == "auto":
-            max_cache_mb = _weights_mb(self.models) if kv_elements_per_token(self.models.expert) else None
+            known = kv_elements_per_token(self.models.expert) is not None
+            max_cache_mb = max(_weights_mb(self.models), AUTO_CACHE_FLOOR_MB) if known else None
         elif max_cache_mb is not None and kv_elements_per_token(self.models.expert) is None:
             raise ValueError(
                 "`max_cache_mb` needs the size of a token's KV cache, and the expert's config does not "
@@ -505,6 +507,10 @@ class _ProgressBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+#: the least cache `max_cache_mb="auto"` allows: below it memory is not what limits a run
+AUTO_CACHE_FLOOR_MB = 256.0
 
 
 def _weights_mb(models: LoadedModels) -> float:
