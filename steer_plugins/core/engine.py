@@ -116,33 +116,13 @@ class SteerEngine:
         fast_linear: bool | None = None,
         max_cache_mb: float | Literal["auto"] | None = "auto",
     ) -> None:
-        if max_batch_size < 1:
-            raise ValueError(f"`max_batch_size` must be >= 1, got {max_batch_size}")
-        if not (
-            max_cache_mb is None
-            or max_cache_mb == "auto"
-            or (
-                isinstance(max_cache_mb, int | float)
-                and not isinstance(max_cache_mb, bool)
-                and max_cache_mb > 0
-            )
-        ):
-            raise ValueError(
-                "`max_cache_mb` must be a positive number of MB, 'auto' (the weights' size) or None "
-                f"(no bound), got {max_cache_mb!r}"
-            )
-        if config is not None and not isinstance(config, SteerConfig):
-            raise TypeError(
-                f"`config` must be a SteerConfig, got {type(config).__name__}: SteerConfig(**fields)"
-            )
-        for field, value in (
-            ("guidance_kv_dtype", guidance_kv_dtype),
-            ("negative_prefill_dtype", negative_prefill_dtype),
-        ):
-            if value is not None and not (isinstance(value, torch.dtype) and value.is_floating_point):
-                raise TypeError(
-                    f"`{field}` must be a floating torch.dtype such as torch.bfloat16, got {value!r}"
-                )
+        _check_arguments(
+            max_batch_size=max_batch_size,
+            max_cache_mb=max_cache_mb,
+            config=config,
+            guidance_kv_dtype=guidance_kv_dtype,
+            negative_prefill_dtype=negative_prefill_dtype,
+        )
         self.config = config or SteerConfig()
         self.models: LoadedModels = load_models(
             expert, base, tokenizer, device=device, dtype=dtype, trust_remote_code=trust_remote_code
@@ -507,6 +487,36 @@ class _ProgressBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _check_arguments(
+    *,
+    max_batch_size: int,
+    max_cache_mb: Any,
+    config: Any,
+    guidance_kv_dtype: Any,
+    negative_prefill_dtype: Any,
+) -> None:
+    """`SteerEngine`'s arguments that can be checked before any model loads."""
+    if max_batch_size < 1:
+        raise ValueError(f"`max_batch_size` must be >= 1, got {max_batch_size}")
+    if not (
+        max_cache_mb is None
+        or max_cache_mb == "auto"
+        or (isinstance(max_cache_mb, int | float) and not isinstance(max_cache_mb, bool) and max_cache_mb > 0)
+    ):
+        raise ValueError(
+            "`max_cache_mb` must be a positive number of MB, 'auto' (the weights' size) or None "
+            f"(no bound), got {max_cache_mb!r}"
+        )
+    if config is not None and not isinstance(config, SteerConfig):
+        raise TypeError(f"`config` must be a SteerConfig, got {type(config).__name__}: SteerConfig(**fields)")
+    for field, value in (
+        ("guidance_kv_dtype", guidance_kv_dtype),
+        ("negative_prefill_dtype", negative_prefill_dtype),
+    ):
+        if value is not None and not (isinstance(value, torch.dtype) and value.is_floating_point):
+            raise TypeError(f"`{field}` must be a floating torch.dtype such as torch.bfloat16, got {value!r}")
 
 
 #: the least cache `max_cache_mb="auto"` allows: below it memory is not what limits a run
