@@ -156,6 +156,7 @@ class Scheduler:
         self.max_batch_size, self.coalesce_ms = max_batch_size, coalesce_ms
         self.max_cache_bytes = max_cache_bytes
         self._costs: dict[int, int] = {}  # decoder job id -> its estimated cache bytes
+        self._next_cost = 0  # the cache bytes of the oldest held prompt (0: none held)
         self._lock = threading.Condition()
         self._pending: list[Request] = []
         self._owners: dict[int, tuple[Request, int]] = {}  # decoder job id -> (request, prompt index)
@@ -230,6 +231,7 @@ class Scheduler:
         """A forked child (datasets' num_proc) starts with no loop: the parent's thread is not ours."""
         if self._pid != os.getpid():
             self._lock, self._pending, self._owners, self._costs = threading.Condition(), [], {}, {}
+            self._next_cost = 0
             self._worker, self._pid, self._expectations = None, os.getpid(), []
             self.decoder = self.decoder.fresh()
 
@@ -258,7 +260,7 @@ class Scheduler:
         that streamed events fail (a replay would repeat text); the others go back to the queue and
         restart their unfinished prompts with the same seeds (the same results)."""
         owners = {req for req, _ in self._owners.values()}
-        self._owners, self._costs = {}, {}
+        self._owners, self._costs, self._next_cost = {}, {}, 0
         self.decoder = self.decoder.fresh()
         with self._lock:
             for req in owners:
@@ -327,8 +329,10 @@ class Scheduler:
         free = self.max_batch_size - len(self.decoder)
         if free <= 0 or not self._pending:  # unlocked peek: a request missed now joins next step
             return []
-        if self.max_cache_bytes is not None and sum(self._costs.values()) >= self.max_cache_bytes:
-            return []
+        if self.max_cache_bytes is not None:  # the oldest held prompt goes first: wait until it fits
+            in_use = sum(self._costs.values())
+            if in_use >= self.max_cache_bytes or in_use + self._next_cost > self.max_cache_bytes:
+                return []
         with self._lock:
             return self._take(free)
 
@@ -399,6 +403,7 @@ class Scheduler:
         while n < len(jobs) and (in_use + costs[n] <= self.max_cache_bytes or (n == 0 and not self._costs)):
             in_use += costs[n]
             n += 1
+        self._next_cost = costs[n] if n < len(jobs) else 0
         if n == len(jobs):
             return jobs, owners, costs
         with self._lock:
@@ -446,5 +451,5 @@ class Scheduler:
     def _fail_batch(self, err: Exception) -> None:
         for req, _ in list(self._owners.values()):
             req.fail(err)
-        self._owners, self._costs = {}, {}
+        self._owners, self._costs, self._next_cost = {}, {}, 0
         self.decoder = self.decoder.fresh()
