@@ -40,6 +40,11 @@ def close(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def _pair_engine(tok, arch: str = "llama", **kw) -> SteerEngine:
+    """An engine over a tiny expert/base pair of `arch` (seeds 1 and 2)."""
+    return SteerEngine(tiny_model(arch, tok, seed=1), tiny_model(arch, tok, seed=2), tok, **kw)
+
+
 def _record_widths(monkeypatch) -> list[int]:
     """The number of prompts in every decode step from now on (a live list)."""
     import steer_plugins.core.decode as decode_mod
@@ -190,12 +195,7 @@ def test_unmergeable_cache_runs_joiners_as_their_own_group(tiny_engine, monkeypa
 
 
 def test_max_batch_size_caps_active_prompts(tiny_tok, monkeypatch):
-    engine = SteerEngine(
-        tiny_model("llama", tiny_tok, seed=1),
-        tiny_model("llama", tiny_tok, seed=2),
-        tiny_tok,
-        max_batch_size=2,
-    )
+    engine = _pair_engine(tiny_tok, max_batch_size=2)
     widths = _record_widths(monkeypatch)
     negs = [["neg"]] * 5
     rs = engine.generate(PROMPTS[:5], negatives=negs, seed=0, max_new_tokens=3)
@@ -246,7 +246,7 @@ def _cache_bytes_in_use(engine: SteerEngine) -> int:
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_cache_estimate_matches_the_allocated_cache(arch, tiny_tok):
-    engine = SteerEngine(tiny_model(arch, tiny_tok, seed=1), tiny_model(arch, tiny_tok, seed=2), tiny_tok)
+    engine = _pair_engine(tiny_tok, arch)
     from steer_plugins.core.jobs import prepare_job
 
     job = prepare_job(
@@ -261,9 +261,7 @@ def test_cache_estimate_matches_the_allocated_cache(arch, tiny_tok):
 
 def test_cache_budget_holds_prompts_back_and_keeps_outputs(tiny_tok, monkeypatch):
     def engine(**kw):
-        return SteerEngine(
-            tiny_model("llama", tiny_tok, seed=1), tiny_model("llama", tiny_tok, seed=2), tiny_tok, **kw
-        )
+        return _pair_engine(tiny_tok, **kw)
 
     negs = [NEGS[i % len(NEGS)] for i in range(6)]
     free = engine(max_cache_mb=None)
@@ -294,12 +292,7 @@ def test_cache_budget_holds_prompts_back_and_keeps_outputs(tiny_tok, monkeypatch
 
 
 def test_cache_budget_below_one_prompt_still_decodes_one_at_a_time(tiny_tok, monkeypatch):
-    engine = SteerEngine(
-        tiny_model("llama", tiny_tok, seed=1),
-        tiny_model("llama", tiny_tok, seed=2),
-        tiny_tok,
-        max_cache_mb=1e-6,
-    )
+    engine = _pair_engine(tiny_tok, max_cache_mb=1e-6)
     widths = _record_widths(monkeypatch)
     out = engine.generate(PROMPTS[:3], negatives=[["neg"]] * 3, seed=0, max_new_tokens=3, ignore_eos=True)
     engine.close()
