@@ -121,6 +121,16 @@ def methods() -> list[tuple[str, str, dict]]:
             steer(0.2, 0.4, alpha=0.05, whole_words=True, share_negatives=True),
         )
     ]
+    # negatives drawn from the run's own outputs (`negatives_from="synthetic"`): away from what was made,
+    # not from the real data
+    out += [
+        (
+            f"γ{g:g} η{e:g} α0.05 words, synthetic negatives",
+            "expert",
+            steer(g, e, alpha=0.05, whole_words=True, negatives_from="synthetic"),
+        )
+        for g, e in ((0.2, 0.4), (0.2, 0.6))
+    ]
     # the product default with the negative contexts prefilled in bf16 (opt-in speed on native-bf16 hardware)
     out += [
         (

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..core.config import ADDED_FIELDS_OFF
 from .data_io import DataFormatError, write_json_atomic
 
 __all__ = [
@@ -171,6 +172,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= 160 else f"{text[:100]}...{text[-50:]}"
 
 
+def _added_off(name: str, value: Any) -> bool:
+    """Whether `name` is a setting added after files were first written, left off (`value`)."""
+    return value in (None, False) or (name in ADDED_FIELDS_OFF and ADDED_FIELDS_OFF[name] == value)
+
+
 def diff_settings(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """`"gamma: 0.2 in the file, 0.5 now"` for every key of `current` whose value differs from
     `recorded` (`config` compared field by field; `fingerprint` only when nothing else differs;
@@ -185,7 +191,7 @@ def diff_settings(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> li
             diffs += [
                 f"{k}: {_short(old_cfg.get(k))} in the file, {_short(v)} now"
                 for k, v in now.items()
-                if old_cfg.get(k) != v and not (k not in old_cfg and v in (None, False))  # added later, off
+                if old_cfg.get(k) != v and not (k not in old_cfg and _added_off(k, v))
             ]
         elif key not in recorded:
             diffs.append(f"{key}: not recorded in the file, {_short(now)} now")

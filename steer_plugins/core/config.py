@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "ADDED_FIELDS_OFF",
     "DEFAULT_GAMMA",
     "DEFAULT_ETA",
     "DEFAULT_ALPHA",
@@ -87,6 +88,13 @@ class SteerConfig(BaseModel):
         "concat",
         description="'concat': the paper's one context of K examples joined by spaces; "
         "'per_example': one branch per negative, log-probs averaged.",
+    )
+    negatives_from: Literal["pool", "synthetic"] = Field(
+        "pool",
+        description="'pool': K drawn uniformly from the real examples and the outputs so far (the paper); "
+        "'synthetic': K drawn from the outputs so far, topped up with real examples while fewer than K "
+        "exist, so steering moves away from what was generated rather than from the real data. Quality "
+        "in docs/quality.md.",
     )
     share_negatives: bool = Field(
         False,
@@ -228,7 +236,7 @@ class SteerConfig(BaseModel):
     def fingerprint(self) -> str:
         """A short stable hash of every field (for cache keys and model strings)."""
         fields = self.model_dump(mode="json")
-        for name, off in _ADDED_OFF.items():  # fields added later hash as before while left off
+        for name, off in ADDED_FIELDS_OFF.items():  # fields added later hash as before while left off
             if fields.get(name) == off:
                 del fields[name]
         blob = json.dumps(fields, sort_keys=True)
@@ -244,9 +252,9 @@ class SteerConfig(BaseModel):
         return cls.model_validate({**PRESETS[name], **overrides})
 
 
-# fields added after files were first fingerprinted, with their "off" value: left off, they do not
-# enter `fingerprint()`, so files made before they existed still resume
-_ADDED_OFF: dict[str, Any] = {"share_negatives": False}
+#: `SteerConfig` fields added after files were first fingerprinted, with their "off" value: left off,
+#: they do not enter `fingerprint()` nor count as a difference against a file that predates them.
+ADDED_FIELDS_OFF: dict[str, Any] = {"share_negatives": False, "negatives_from": "pool"}
 
 
 def _paper(gamma: float, eta: float) -> BranchWeights:

@@ -61,7 +61,7 @@ def draw_negatives(
     if given is not None:
         return list(given)
     if config.eta > 0 and len(pool) > 0:
-        return pool.draw(config.num_negatives, rng)
+        return pool.draw(config.num_negatives, rng, source=config.negatives_from)
     return []
 
 

@@ -3,6 +3,10 @@
 Policy (STEER §2): the pool starts as all real examples; for each generated example K examples are
 drawn uniformly without replacement; the output is appended, so earlier outputs become negatives.
 A batch draws from the pool as it stood when the batch started. Thread-safe.
+
+`draw(k, source="synthetic")` (`SteerConfig.negatives_from="synthetic"`) draws from the outputs
+alone, topped up with real examples while fewer than K exist: generation then moves away from what
+it already made, not from the real data it should resemble (docs/quality.md measures both).
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["NegativePool", "NegativeContext", "fit_negatives", "valid_text"]
+__all__ = ["NEGATIVE_SOURCES", "NegativePool", "NegativeContext", "fit_negatives", "valid_text"]
+
+#: Where `NegativePool.draw` takes its K examples from (see the module docstring).
+NEGATIVE_SOURCES = ("pool", "synthetic")
 
 
 @dataclass(frozen=True)
@@ -70,23 +77,41 @@ class NegativePool:
             if t.strip():
                 batch.append(valid_text(t))
         with self._lock:
-            self._texts.extend(batch)
-            if real:
+            if real:  # real examples stay first, so `num_real` splits the pool however adds interleave
+                self._texts[self._num_real : self._num_real] = batch
                 self._num_real += len(batch)
+            else:
+                self._texts.extend(batch)
 
-    def draw(self, k: int, rng: random.Random | None = None) -> list[str]:
-        """K examples uniformly without replacement.
+    @property
+    def num_synthetic(self) -> int:
+        """How many examples were added as synthetic outputs."""
+        return len(self._texts) - self._num_real
+
+    def draw(self, k: int, rng: random.Random | None = None, *, source: str = "pool") -> list[str]:
+        """K examples without replacement: `source="pool"` uniformly from every example (the paper);
+        `"synthetic"` from the synthetic outputs, topped up with real examples while fewer than K exist.
 
         Raises:
-            ValueError: if the pool is non-empty but holds fewer than `k` examples.
+            ValueError: if the pool is non-empty but holds fewer than `k` examples, or `source` is unknown.
         """
+        if source not in NEGATIVE_SOURCES:
+            raise ValueError(f"negative source must be one of {NEGATIVE_SOURCES}, got {source!r}")
+        rng = rng or self._rng
         with self._lock:
             if len(self._texts) < k:
                 raise ValueError(
                     f"`num_negatives` (K={k}) is larger than the negative pool ({len(self._texts)} examples): "
                     "add real examples (engine.pool.add([...], real=True)) or lower num_negatives"
                 )
-            return (rng or self._rng).sample(self._texts, k)
+            if source == "pool":
+                return rng.sample(self._texts, k)
+            synthetic = self._texts[self._num_real :]
+            if len(synthetic) >= k:
+                return rng.sample(synthetic, k)
+            return rng.sample(synthetic, len(synthetic)) + rng.sample(
+                self._texts[: self._num_real], k - len(synthetic)
+            )
 
     def to_json(self) -> str:
         """Serialise the pool (texts, how many are real, seed)."""

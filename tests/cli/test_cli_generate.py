@@ -361,16 +361,19 @@ def test_max_cache_mb_bounds_memory_not_the_rows(tmp_path, gen_args, capsys):
 
 
 def test_a_file_made_before_share_negatives_existed_still_resumes(tmp_path, gen_args, capsys):
-    """A config field added later, left off, matches a file that does not record it; turned on, it
-    is a named difference."""
+    """Config fields added later (`share_negatives`, `negatives_from`), left off, match a file that
+    does not record them; turned on, each is a named difference."""
     out = tmp_path / "synth.jsonl"
     assert _gen(gen_args, out, "--n", "2") == 0
     meta_file = tmp_path / "synth.jsonl.meta.json"
     meta = json.loads(meta_file.read_text())
     assert meta["settings"]["config"].pop("share_negatives") is False
-    meta_file.write_text(json.dumps(meta))  # as written before the field existed
+    assert meta["settings"]["config"].pop("negatives_from") == "pool"
+    meta_file.write_text(json.dumps(meta))  # as written before the fields existed
     assert _gen(gen_args, out, "--n", "3") == 0 and len(_rows(out)) == 3
     capsys.readouterr()
     meta_file.write_text(json.dumps(meta))
     assert _gen(gen_args, out, "--n", "4", "--share-negatives") == 2
     assert "share_negatives: None in the file, True now" in capsys.readouterr().err
+    assert _gen(gen_args, out, "--n", "4", "--negatives-from", "synthetic") == 2
+    assert "negatives_from: None in the file, 'synthetic' now" in capsys.readouterr().err

@@ -149,6 +149,53 @@ def test_pool_json_roundtrip_and_seeded_draws(tmp_path):
         pool.add("oops")
 
 
+def test_synthetic_source_draws_outputs_topped_up_with_real():
+    """`source="synthetic"`: real examples only while no output exists, outputs plus real top-up while
+    fewer than K exist, then outputs alone; real examples added late still count as real."""
+    import random
+
+    real = ["r one", "r two", "r three", "r four"]
+    pool = NegativePool(real, seed=0)
+    assert set(pool.draw(3, random.Random(1), source="synthetic")) <= set(real)
+    pool.add(["s one"])
+    pool.add(["r five"], real=True)  # real after synthetic: still real
+    assert pool.num_real == 5 and pool.num_synthetic == 1 and pool.texts[:5] == [*real, "r five"]
+    for seed in range(20):
+        drawn = pool.draw(3, random.Random(seed), source="synthetic")
+        assert drawn[0] == "s one" and set(drawn[1:]) <= {*real, "r five"} and len(set(drawn)) == 3
+    pool.add(["s two", "s three", "s four"])
+    draws = {tuple(sorted(pool.draw(3, random.Random(s), source="synthetic"))) for s in range(30)}
+    assert all(set(d) <= {"s one", "s two", "s three", "s four"} for d in draws) and len(draws) > 1
+    assert any(t in real for s in range(30) for t in pool.draw(3, random.Random(s)))  # "pool": all
+    again = NegativePool.from_json(pool.to_json())
+    assert again.num_synthetic == 4 and again.texts == pool.texts
+    with pytest.raises(ValueError, match="one of"):
+        pool.draw(2, source="real")
+    with pytest.raises(ValueError, match="negatives_from"):
+        SteerConfig(negatives_from="outputs")
+
+
+def test_engine_negatives_from_synthetic_and_fingerprint(tiny_tok):
+    """Through the engine: with `negatives_from="synthetic"` a call after outputs joined the pool draws
+    only outputs; the default keeps the fingerprint it had before the field existed."""
+    engine = SteerEngine(
+        tiny_model("llama", tiny_tok, seed=1),
+        tokenizer=tiny_tok,
+        config=SteerConfig(max_new_tokens=3, num_negatives=2),
+        pool=list(TINY_CORPUS),
+    )
+    made = ["an earlier output", "another earlier output", "a third output"]
+    engine.pool.add(made)
+    rows = engine.generate([PROMPTS[0]] * 4, seeds=[1, 2, 3, 4], negatives_from="synthetic")
+    assert all(set(r.negatives_used) <= set(made) and len(r.negatives_used) == 2 for r in rows)
+    rows = engine.generate([PROMPTS[0]] * 8, seeds=list(range(8)))
+    assert any(set(r.negatives_used) - set(made) for r in rows)  # the paper's draw reaches real ones
+    engine.close()
+    cfg = SteerConfig()
+    assert cfg.merged(negatives_from="pool").fingerprint() == cfg.fingerprint()
+    assert cfg.merged(negatives_from="synthetic").fingerprint() != cfg.fingerprint()
+
+
 def test_negative_budget_drops_whole_examples(tiny_engine):
     negs = [
         "Is the Hubble tension a sign of new physics?",
@@ -400,6 +447,7 @@ def test_share_negatives_draws_once_per_call_and_prefills_that_context_once(tiny
     engine.close()
 
     cfg = SteerConfig()
-    fields = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "share_negatives"}
+    later = ("share_negatives", "negatives_from")  # fields added after files were fingerprinted
+    fields = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in later}
     before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     assert cfg.fingerprint() == before != cfg.merged(share_negatives=True).fingerprint()
