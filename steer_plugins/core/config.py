@@ -93,8 +93,8 @@ class SteerConfig(BaseModel):
         "pool",
         description="'pool': K drawn uniformly from the real examples and the outputs so far (the paper); "
         "'synthetic': K drawn from the outputs so far, topped up with real examples while fewer than K "
-        "exist, so steering moves away from what was generated rather than from the real data. Quality "
-        "in docs/quality.md.",
+        "exist, so steering moves away from what was generated rather than from the real data. "
+        "Measured on one quality-study seed so far (not yet in docs/quality.md).",
     )
     share_negatives: bool = Field(
         False,

@@ -6,7 +6,7 @@ A batch draws from the pool as it stood when the batch started. Thread-safe.
 
 `draw(k, source="synthetic")` (`SteerConfig.negatives_from="synthetic"`) draws from the outputs
 alone, topped up with real examples while fewer than K exist: generation then moves away from what
-it already made, not from the real data it should resemble (docs/quality.md measures both).
+it already made, not from the real data it should resemble (one quality-study seed so far).
 """
 
 from __future__ import annotations
