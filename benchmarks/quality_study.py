@@ -53,6 +53,7 @@ DONE_WHEN_CANDIDATES = (
     "γ0.2 η1.5 α0.1",
     "γ0.2 η1 α0.1 words",
     "γ0.2 η0.4 α0.05 words",
+    "γ0.2 η0.4 α0.05 words, synthetic negatives",
 )
 
 

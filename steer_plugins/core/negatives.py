@@ -4,9 +4,11 @@ Policy (STEER §2): the pool starts as all real examples; for each generated exa
 drawn uniformly without replacement; the output is appended, so earlier outputs become negatives.
 A batch draws from the pool as it stood when the batch started. Thread-safe.
 
-`draw(k, source="synthetic")` (`SteerConfig.negatives_from="synthetic"`) draws from the outputs
-alone, topped up with real examples while fewer than K exist: generation then moves away from what
-it already made, not from the real data it should resemble (one quality-study seed so far).
+`draw(k, source="synthetic")` (`SteerConfig.negatives_from="synthetic"`, the product default) draws
+from the outputs alone, topped up with real examples while fewer than K exist: generation then moves
+away from what it already made, not from the real data it should resemble (docs/quality.md: the
+centroid cosine to the real data stays inside plain sampling's interval, which the paper's draw
+does not). `source="pool"` is the paper's draw.
 """
 
 from __future__ import annotations

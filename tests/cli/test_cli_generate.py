@@ -344,11 +344,14 @@ def test_bf16_negatives_is_part_of_a_files_identity(tmp_path, gen_args, capsys):
 def test_max_cache_mb_bounds_memory_not_the_rows(tmp_path, gen_args, capsys):
     """`--max-cache-mb` only changes how many rows decode at once: the same rows, and a file made
     without it resumes with it."""
-    free, bounded = tmp_path / "free.jsonl", tmp_path / "bounded.jsonl"
+    free, bounded, resumed = tmp_path / "free.jsonl", tmp_path / "bounded.jsonl", tmp_path / "resumed.jsonl"
     assert _gen(gen_args, free, "--n", "4", "--chunk-size", "4", "--max-cache-mb", "none") == 0
-    assert _gen(gen_args, bounded, "--n", "2", "--chunk-size", "4") == 0  # the default: "auto"
     assert _gen(gen_args, bounded, "--n", "4", "--chunk-size", "4", "--max-cache-mb", "0.001") == 0
     assert [r["text"] for r in _rows(bounded)] == [r["text"] for r in _rows(free)]
+    # a resumed run draws from a pool that holds the first rows, so only the first chunk is compared
+    assert _gen(gen_args, resumed, "--n", "2", "--chunk-size", "4") == 0  # the default: "auto"
+    assert _gen(gen_args, resumed, "--n", "4", "--chunk-size", "4", "--max-cache-mb", "0.001") == 0
+    assert len(_rows(resumed)) == 4 and _rows(resumed)[:2] == _rows(free)[:2]
     cfg = tmp_path / "run.json"
     cfg.write_text(json.dumps({"max_cache_mb": 0}))
     capsys.readouterr()
@@ -362,18 +365,20 @@ def test_max_cache_mb_bounds_memory_not_the_rows(tmp_path, gen_args, capsys):
 
 def test_a_file_made_before_share_negatives_existed_still_resumes(tmp_path, gen_args, capsys):
     """Config fields added later (`share_negatives`, `negatives_from`), left off, match a file that
-    does not record them; turned on, each is a named difference."""
+    does not record them; turned on, each is a named difference. A file from before `negatives_from`
+    drew from the whole pool, so the default ('synthetic') does not resume it: `--negatives-from
+    pool` does."""
     out = tmp_path / "synth.jsonl"
-    assert _gen(gen_args, out, "--n", "2") == 0
+    assert _gen(gen_args, out, "--n", "2", "--negatives-from", "pool") == 0
     meta_file = tmp_path / "synth.jsonl.meta.json"
     meta = json.loads(meta_file.read_text())
     assert meta["settings"]["config"].pop("share_negatives") is False
     assert meta["settings"]["config"].pop("negatives_from") == "pool"
     meta_file.write_text(json.dumps(meta))  # as written before the fields existed
-    assert _gen(gen_args, out, "--n", "3") == 0 and len(_rows(out)) == 3
+    assert _gen(gen_args, out, "--n", "3", "--negatives-from", "pool") == 0 and len(_rows(out)) == 3
     capsys.readouterr()
     meta_file.write_text(json.dumps(meta))
-    assert _gen(gen_args, out, "--n", "4", "--share-negatives") == 2
+    assert _gen(gen_args, out, "--n", "4", "--negatives-from", "pool", "--share-negatives") == 2
     assert "share_negatives: None in the file, True now" in capsys.readouterr().err
-    assert _gen(gen_args, out, "--n", "4", "--negatives-from", "synthetic") == 2
+    assert _gen(gen_args, out, "--n", "4") == 2  # today's default draws from the outputs
     assert "negatives_from: None in the file, 'synthetic' now" in capsys.readouterr().err

@@ -176,8 +176,11 @@ def test_synthetic_source_draws_outputs_topped_up_with_real():
 
 
 def test_engine_negatives_from_synthetic_and_fingerprint(tiny_tok):
-    """Through the engine: with `negatives_from="synthetic"` a call after outputs joined the pool draws
-    only outputs; the default keeps the fingerprint it had before the field existed."""
+    """Through the engine: with `negatives_from="synthetic"` (the default) a call after outputs joined
+    the pool draws only outputs; the paper's draw keeps the fingerprint it had before the field existed."""
+    import hashlib
+    import json
+
     engine = SteerEngine(
         tiny_model("llama", tiny_tok, seed=1),
         tokenizer=tiny_tok,
@@ -188,12 +191,20 @@ def test_engine_negatives_from_synthetic_and_fingerprint(tiny_tok):
     engine.pool.add(made)
     rows = engine.generate([PROMPTS[0]] * 4, seeds=[1, 2, 3, 4], negatives_from="synthetic")
     assert all(set(r.negatives_used) <= set(made) and len(r.negatives_used) == 2 for r in rows)
-    rows = engine.generate([PROMPTS[0]] * 8, seeds=list(range(8)))
+    rows = engine.generate([PROMPTS[0]] * 8, seeds=list(range(8)), negatives_from="pool")
     assert any(set(r.negatives_used) - set(made) for r in rows)  # the paper's draw reaches real ones
+    rows = engine.generate([PROMPTS[0]] * 4, seeds=[5, 6, 7, 8])  # the default draws outputs only
+    assert all(r.negatives_used and not set(r.negatives_used) & set(TINY_CORPUS) for r in rows)
     engine.close()
     cfg = SteerConfig()
-    assert cfg.merged(negatives_from="pool").fingerprint() == cfg.fingerprint()
-    assert cfg.merged(negatives_from="synthetic").fingerprint() != cfg.fingerprint()
+    assert cfg.negatives_from == "synthetic" == SteerConfig.preset("steer").negatives_from
+    assert SteerConfig.preset("paper").negatives_from == "pool"
+    # the paper's draw hashes as it did before the field existed, so files made then still resume
+    fields = {
+        k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("negatives_from", "share_negatives")
+    }
+    before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    assert cfg.merged(negatives_from="pool").fingerprint() == before != cfg.fingerprint()
 
 
 def test_negative_budget_drops_whole_examples(tiny_engine):
@@ -446,7 +457,7 @@ def test_share_negatives_draws_once_per_call_and_prefills_that_context_once(tiny
         torch.testing.assert_close(a.scores, b.scores)
     engine.close()
 
-    cfg = SteerConfig()
+    cfg = SteerConfig(negatives_from="pool")
     later = ("share_negatives", "negatives_from")  # fields added after files were fingerprinted
     fields = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in later}
     before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
