@@ -26,10 +26,10 @@ DATA = ROOT.parent / "shared" / "data" / "astro_hypotheses.jsonl"
 
 #: name -> extra `steer generate` flags (on top of the shared workload flags).
 CONFIGS: dict[str, list[str]] = {
-    "plain (γ=η=0)": ["--gamma", "0", "--eta", "0"],
-    "STEER, product defaults": [],
-    "STEER, defaults + --negatives-from pool": ["--negatives-from", "pool"],
-    "STEER, defaults + --share-negatives": ["--share-negatives"],
+    "plain": ["--gamma", "0", "--eta", "0"],  # the same command with γ = η = 0
+    "steer": [],  # the product defaults
+    "steer-pool": ["--negatives-from", "pool"],  # the paper's draw: real examples stay negatives
+    "steer-share": ["--share-negatives"],  # one draw per 16-row chunk (opt-in)
 }
 
 
@@ -75,7 +75,7 @@ def main() -> None:
             stats["load_avg"] = os.getloadavg()[0]
             rows.append(stats)
             print(f"{name}: {json.dumps(stats)}", file=sys.stderr, flush=True)
-    plain = next((r for r in rows if r["config"].startswith("plain")), None)
+    plain = next((r for r in rows if r["config"] == "plain"), None)
     print(
         "| run | rows | tokens | generation s | rows / min | tok/s | per token vs plain | peak RSS MB | load |"
     )
