@@ -335,7 +335,9 @@ def _write_outputs(
     winner_name = best_setting({k: v for k, v in rows.items() if k != ANCHOR}, run.budget)
     winner = next((s for s in tried if s.name == winner_name), None)
     chosen = winner.overrides() if winner else dict(ANCHOR_OVERRIDES)
-    recipe = {**settings, "config": {**settings.get("config", {}), **chosen}}
+    # the draw the settings were measured with, so a later change of the default does not change it
+    drawn = {"negatives_from": run.engine.config.negatives_from}
+    recipe = {**settings, "config": {**drawn, **settings.get("config", {}), **chosen}}
     recipe_path = run.out / RECIPE_NAME
     recipe_path.write_text(json.dumps(recipe, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     result = {

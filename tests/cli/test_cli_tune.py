@@ -84,6 +84,7 @@ def test_tune_on_tiny_model_writes_recipe_generate_loads_and_resumes(
         recipe["config"]["gamma"] == result["winner_setting"]["gamma"]
         and recipe["prompt"] == "Write a question:"
     )
+    assert recipe["config"]["negatives_from"] == "synthetic"  # the draw it was measured with, pinned
     synth = tmp_path / "synth.jsonl"
     assert (
         main(
