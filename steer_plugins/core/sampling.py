@@ -98,10 +98,25 @@ def make_sampler(
     filt = make_filter(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
 
     def sample(lp: torch.Tensor, gens: Sequence[torch.Generator | None]) -> torch.Tensor:
-        probs = filt(lp.float()).softmax(-1)
-        out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+        filtered = filt(lp.float())
+        ids, probs = _kept(filtered)
+        picks = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
         for i, g in enumerate(gens):
-            out[i] = torch.multinomial(probs[i], 1, generator=g)[0]
-        return out
+            picks[i] = torch.multinomial(probs[i], 1, generator=g)[0]
+        return picks if ids is None else ids.gather(-1, picks[:, None])[:, 0]
 
     return sample
+
+
+def _kept(filtered: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(token ids, probabilities) of the tokens the filters kept, best first, as many per row as the
+    row that kept most (the others' extra entries have probability 0); `(None, probabilities over
+    the whole vocabulary)` when the filters kept most of it. A draw over the kept tokens has the same
+    distribution as one over the vocabulary, at a fraction of the cost: `torch.multinomial` draws one
+    exponential variate per entry it is given (49 k per row and step for SmolLM2, 6 % of a STEER
+    decode step at top-k 10 before this)."""
+    kept = int((filtered > _NEG_INF).sum(-1).max())
+    if kept > filtered.shape[-1] // 2:
+        return None, filtered.softmax(-1)
+    values, ids = filtered.topk(max(kept, 1), dim=-1)
+    return ids, values.softmax(-1)

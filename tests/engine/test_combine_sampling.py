@@ -113,6 +113,31 @@ def test_samplers_greedy_and_seeded():
     assert s(y, [g1, torch.Generator()])[0] == s(y[:1], [g2])[0]
 
 
+def test_sampling_over_the_kept_tokens_has_the_filtered_distribution():
+    """The sampler draws over the tokens the filters kept (not the whole vocabulary): its
+    frequencies match the filtered, renormalised distribution, rows that keep fewer tokens than
+    their neighbours never draw a dropped one, and with most of the vocabulary kept it still works."""
+    torch.manual_seed(0)
+    vocab = 1000
+    logits = torch.randn(2, vocab) * 2
+    s = make_sampler(top_p=0.5)  # row-dependent support sizes
+    kept = torch.isfinite(apply_top_p(logits, 0.5))
+    assert kept.sum(-1).tolist()[0] != kept.sum(-1).tolist()[1]
+    g = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    n = 20_000
+    counts = torch.zeros(2, vocab)
+    for _ in range(n // 100):
+        draws = torch.stack([s(logits, g) for _ in range(100)])  # (100, 2)
+        for row in range(2):
+            counts[row] += torch.bincount(draws[:, row], minlength=vocab)
+    assert not counts[~kept].any()  # never a dropped token, in either row
+    want = apply_top_p(logits, 0.5).softmax(-1)
+    tolerance = 4 * (want * (1 - want) / n).sqrt() + 1e-3  # 4 standard errors per token
+    assert ((counts / n - want).abs() <= tolerance).all()
+    wide = make_sampler(temperature=2.0)  # keeps everything: the whole-vocabulary path
+    assert 0 <= int(wide(logits, [torch.Generator().manual_seed(0)] * 2)[1]) < vocab
+
+
 @pytest.mark.parametrize(
     "bad",
     [
