@@ -99,24 +99,22 @@ def make_sampler(
 
     def sample(lp: torch.Tensor, gens: Sequence[torch.Generator | None]) -> torch.Tensor:
         filtered = filt(lp.float())
-        ids, probs = _kept(filtered)
-        picks = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+        kept = (filtered > _NEG_INF).sum(-1).tolist()
+        out = torch.empty(filtered.shape[0], dtype=torch.long, device=filtered.device)
         for i, g in enumerate(gens):
-            picks[i] = torch.multinomial(probs[i], 1, generator=g)[0]
-        return picks if ids is None else ids.gather(-1, picks[:, None])[:, 0]
+            out[i] = _draw(filtered[i], kept[i], g)
+        return out
 
     return sample
 
 
-def _kept(filtered: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(token ids, probabilities) of the tokens the filters kept, best first, as many per row as the
-    row that kept most (the others' extra entries have probability 0); `(None, probabilities over
-    the whole vocabulary)` when the filters kept most of it. A draw over the kept tokens has the same
-    distribution as one over the vocabulary, at a fraction of the cost: `torch.multinomial` draws one
-    exponential variate per entry it is given (49 k per row and step for SmolLM2, 6 % of a STEER
-    decode step at top-k 10 before this)."""
-    kept = int((filtered > _NEG_INF).sum(-1).max())
-    if kept > filtered.shape[-1] // 2:
-        return None, filtered.softmax(-1)
-    values, ids = filtered.topk(max(kept, 1), dim=-1)
-    return ids, values.softmax(-1)
+def _draw(row: torch.Tensor, kept: int, generator: torch.Generator | None) -> torch.Tensor:
+    """One token from one row of filtered log-probs, drawn over the `kept` tokens the filters left
+    (best first), or over the whole vocabulary when they left most of it. Same distribution as a draw
+    over the vocabulary at a fraction of the cost: `torch.multinomial` draws one exponential variate
+    per entry it is given (49 k per row and step for SmolLM2, 6 % of a STEER decode step at top-k 10
+    before this). Each row on its own, so a row's draw never depends on the rows beside it."""
+    if kept > row.shape[-1] // 2:
+        return torch.multinomial(row.softmax(-1), 1, generator=generator)[0]
+    values, ids = row.topk(max(kept, 1))
+    return ids[torch.multinomial(values.softmax(-1), 1, generator=generator)[0]]
