@@ -132,6 +132,16 @@ def methods() -> list[tuple[str, str, dict]]:
         )
         for g, e in ((0.2, 0.4), (0.2, 0.6))
     ]
+    # synthetic negatives with the spelling floor (`spelling_min_p`): the expert continues a word only
+    # with a piece at least 0.2x as likely as its best token
+    out += [
+        (
+            f"γ{g:g} η{e:g} α0.05 words, synthetic negatives, spelling 0.2",
+            "expert",
+            steer(g, e, alpha=0.05, whole_words=True, negatives_from="synthetic", spelling_min_p=0.2),
+        )
+        for g, e in ((0.2, 0.4), (0.2, 0.6), (0.2, 0.8))
+    ]
     # the product default with the negative contexts prefilled in bf16 (opt-in speed on native-bf16 hardware)
     out += [
         (

@@ -335,8 +335,10 @@ def _write_outputs(
     winner_name = best_setting({k: v for k, v in rows.items() if k != ANCHOR}, run.budget)
     winner = next((s for s in tried if s.name == winner_name), None)
     chosen = winner.overrides() if winner else dict(ANCHOR_OVERRIDES)
-    # the draw the settings were measured with, so a later change of the default does not change it
-    drawn = {"negatives_from": run.engine.config.negatives_from}
+    # the draw and the spelling floor the settings were measured with, so a later change of a default
+    # does not change the recipe
+    engine_cfg = run.engine.config
+    drawn = {"negatives_from": engine_cfg.negatives_from, "spelling_min_p": engine_cfg.spelling_min_p}
     recipe = {**settings, "config": {**drawn, **settings.get("config", {}), **chosen}}
     recipe_path = run.out / RECIPE_NAME
     recipe_path.write_text(json.dumps(recipe, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -73,6 +73,7 @@ def combine(
     continuation: torch.Tensor | None = None,
     whole_words: torch.Tensor | bool = False,
     head_top_k: torch.Tensor | int | None = None,
+    spelling_min_p: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """s = Σᵢ wᵢ·ℓᵢ over branches, optionally restricted to the head branch's plausible tokens.
 
@@ -94,6 +95,10 @@ def combine(
             likely tokens (an int, or a `(num_prompts,)` tensor; the sampler's top-k): the spelling
             plain top-k sampling would allow, never a rare piece lifted into the top k because the
             steered word starts are concentrated on few tokens.
+        spelling_min_p: with `whole_words`, a word may only go on with a piece the head gives at least
+            this share of its most likely token's probability (a float, or a `(num_prompts,)` tensor,
+            NaN = off for that row). Invented words are mostly spelled with a piece outside the head's
+            top two; real words almost never are (docs/quality.md).
 
     Returns:
         `(num_prompts, vocab)` fp32 scores, not renormalised; masked tokens are −inf.
@@ -121,13 +126,22 @@ def combine(
     plain = active[:, head_index] & (active.sum(-1) == 1) & (w[:, head_index] == 1)
     if bool(plain.all()):
         return lp[:, head_index].clone()
-    terms = torch.where(active.unsqueeze(-1), w.unsqueeze(-1) * lp, torch.zeros((), device=lp.device))
-    scores = terms.sum(dim=1)
+    # One batched product per row (about 10x faster than a masked sum at batch 8). A row with a zero
+    # weight must ignore that branch even where it is -inf (0 * -inf is NaN): those rows, and only
+    # they, take the masked sum, so a row's scores never depend on its neighbours.
+    scores = torch.bmm(w.unsqueeze(1), lp).squeeze(1)
+    partial = ~active.all(-1)
+    if bool(partial.any()):
+        a, lp_p = active[partial].unsqueeze(-1), lp[partial]
+        terms = torch.where(a, w[partial].unsqueeze(-1) * lp_p, torch.zeros((), device=lp.device))
+        scores[partial] = terms.sum(dim=1)
     if bool(plain.any()):
         scores = torch.where(plain.unsqueeze(-1), lp[:, head_index], scores)
     if continuation is not None and (torch.is_tensor(whole_words) or whole_words):
         rows = ~plain if not torch.is_tensor(whole_words) else whole_words.to(plain.device) & ~plain
-        scores = _whole_words(lp[:, head_index], scores, continuation.to(lp.device), rows, head_top_k)
+        scores = _whole_words(
+            lp[:, head_index], scores, continuation.to(lp.device), rows, head_top_k, spelling_min_p
+        )
     if alpha is not None and not (isinstance(alpha, float) and math.isnan(alpha)):
         alpha_t = torch.as_tensor(alpha, dtype=torch.float32, device=lp.device).expand(lp.shape[0])
         alpha_t = torch.where(plain, torch.full_like(alpha_t, math.nan), alpha_t)
@@ -141,9 +155,11 @@ def _whole_words(
     continuation: torch.Tensor,
     rows: torch.Tensor | bool,
     head_top_k: torch.Tensor | int | None,
+    spelling_min_p: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Log-probs of a two-level choice: with the head's probability of continuing the word, a
-    continuation token drawn from the head (among its `head_top_k` best); otherwise a word-starting
+    continuation token drawn from the head (among its `head_top_k` best, and at least
+    `spelling_min_p` times as likely as its best token); otherwise a word-starting
     token (space-led, punctuation, EOS) drawn from the combined scores renormalised over those
     tokens. Rows where `rows` is False keep `scores`. Not renormalised when `head_top_k` drops mass."""
     head = head.log_softmax(-1)
@@ -160,6 +176,10 @@ def _whole_words(
             kth = top.gather(-1, (k.clamp(1, top.shape[-1]) - 1))
             kth = torch.where(limited, kth, torch.full_like(kth, float("-inf")))
             spelled = head.masked_fill(head < kth, float("-inf"))
+    if spelling_min_p is not None:  # NaN rows compare False: nothing dropped
+        min_p = torch.as_tensor(spelling_min_p, dtype=head.dtype, device=head.device).expand(head.shape[0])
+        floor = head.max(dim=-1, keepdim=True).values + torch.log(min_p).reshape(-1, 1)
+        spelled = spelled.masked_fill(head < floor, float("-inf"))
     mixed = torch.where(continuation, spelled, start_mass + starts)
     if torch.is_tensor(rows):
         return torch.where(rows.to(head.device).unsqueeze(-1), mixed, scores)

@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_ETA",
     "DEFAULT_ALPHA",
     "DEFAULT_WHOLE_WORDS",
+    "DEFAULT_SPELLING_MIN_P",
     "DEFAULT_NEGATIVES_FROM",
     "DEFAULT_NUM_NEGATIVES",
     "DEFAULT_TOP_K",
@@ -52,6 +53,7 @@ DEFAULT_GAMMA = 0.2
 DEFAULT_ETA = 0.4
 DEFAULT_ALPHA = 0.05
 DEFAULT_WHOLE_WORDS = True
+DEFAULT_SPELLING_MIN_P = 0.2
 DEFAULT_NEGATIVES_FROM: Literal["pool", "synthetic"] = "synthetic"
 DEFAULT_NUM_NEGATIVES = 10
 DEFAULT_TOP_K = 10
@@ -120,6 +122,13 @@ class SteerConfig(BaseModel):
         "current word goes on and with which of its top-k pieces; the steered scores only share out the "
         "expert's probability of starting something new. False = every token steered (the paper).",
     )
+    spelling_min_p: float | None = Field(
+        DEFAULT_SPELLING_MIN_P,
+        description="With whole_words: a word goes on only with a piece the expert gives at least this "
+        "share of its most likely token's probability, so the expert spells with its confident pieces. "
+        "Invented words are mostly spelled with a piece outside the expert's top two, real words almost "
+        "never (docs/quality.md). None = the sampler's top-k alone. Like alpha, it guards steering only.",
+    )
     temperature: float = Field(1.0, description="Sampling temperature; 0 = greedy.")
     top_k: int | None = Field(DEFAULT_TOP_K, description="Keep the k best tokens; None = off.")
     top_p: float | None = Field(None, description="Nucleus filter; None = off.")
@@ -173,7 +182,7 @@ class SteerConfig(BaseModel):
             raise ValueError(f"`temperature` must be finite and >= 0 (0 = greedy), got {v!r}")
         return v
 
-    @field_validator("top_p", "alpha")
+    @field_validator("top_p", "alpha", "spelling_min_p")
     @classmethod
     def _unit_interval(cls, v: float | None, info) -> float | None:
         if v is not None and not (0 < v <= 1):
@@ -259,7 +268,11 @@ class SteerConfig(BaseModel):
 
 #: `SteerConfig` fields added after files were first fingerprinted, with their "off" value: left off,
 #: they do not enter `fingerprint()` nor count as a difference against a file that predates them.
-ADDED_FIELDS_OFF: dict[str, Any] = {"share_negatives": False, "negatives_from": "pool"}
+ADDED_FIELDS_OFF: dict[str, Any] = {
+    "share_negatives": False,
+    "negatives_from": "pool",
+    "spelling_min_p": None,
+}
 
 
 def _paper(gamma: float, eta: float) -> BranchWeights:
@@ -288,6 +301,7 @@ register_preset(
     eta=DEFAULT_ETA,
     alpha=DEFAULT_ALPHA,
     whole_words=DEFAULT_WHOLE_WORDS,
+    spelling_min_p=DEFAULT_SPELLING_MIN_P,
     negatives_from=DEFAULT_NEGATIVES_FROM,
     form="paper",
 )
@@ -300,6 +314,7 @@ register_preset(
     form="paper",
     alpha=None,
     whole_words=False,
+    spelling_min_p=None,
     top_k=10,
     top_p=None,
     min_p=None,

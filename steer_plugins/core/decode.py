@@ -200,6 +200,7 @@ class _StepPlan:
     alpha: torch.Tensor | None
     whole_words: torch.Tensor | None  # (prompts,) bool, None when no prompt asks for it
     head_top_k: torch.Tensor | None  # (prompts,) the sampler's top-k (vocab size when off), with whole_words
+    spelling_min_p: torch.Tensor | None  # (prompts,) NaN = off, with whole_words
     samplers: list[tuple[Sampler, torch.Tensor, list[int]]]
     constrained: list[tuple[int, Constraint]]  # (position, constraint) of constrained prompts
 
@@ -318,6 +319,12 @@ class Decoder:
         whole_words = torch.tensor(words, device=self.device) if any(words) else None
         ks = [self._states[j].job.config.top_k or 2**31 - 1 for j in active]
         head_top_k = torch.tensor(ks, device=self.device) if any(words) else None
+        mins = [self._states[j].job.config.spelling_min_p for j in active]
+        spelling_min_p = (
+            torch.tensor([math.nan if m is None else m for m in mins], device=self.device)
+            if any(words) and any(m is not None for m in mins)
+            else None
+        )
         by_key: dict[tuple, list[int]] = {}
         for p, j in enumerate(active):
             c = self._states[j].job.config
@@ -336,7 +343,9 @@ class Decoder:
             for p, j in enumerate(active)
             if self._states[j].job.constraint is not None
         ]
-        self._plan = _StepPlan(active, idx, weights, alpha, whole_words, head_top_k, samplers, constrained)
+        self._plan = _StepPlan(
+            active, idx, weights, alpha, whole_words, head_top_k, spelling_min_p, samplers, constrained
+        )
         return self._plan
 
     def _combine(self, plan: _StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -353,6 +362,7 @@ class Decoder:
             continuation=continuation,
             whole_words=words,
             head_top_k=plan.head_top_k,
+            spelling_min_p=plan.spelling_min_p,
         )
         scores, fallback = apply_constraints(scores, branch_lp[:, 0], plan.constrained)
         scores, fell_back = guard_non_finite(scores, fallback)

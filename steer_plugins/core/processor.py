@@ -108,6 +108,7 @@ class SteerLogitsProcessor(LogitsProcessor):
             continuation=continuation,
             whole_words=self.config.whole_words,
             head_top_k=self.config.top_k,
+            spelling_min_p=self.config.spelling_min_p,
         )
         combined, fell_back = guard_non_finite(combined, head)
         self.fallback_steps += int(fell_back.sum())

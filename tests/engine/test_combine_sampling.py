@@ -217,6 +217,19 @@ def test_whole_words_expert_spells_steering_picks_new_words():
     spelled = combine(branches, w, continuation=continuation, whole_words=True, head_top_k=1)
     assert torch.isneginf(spelled[1, 1]) and spelled[0, 1] == out[0, 1]  # "nova" is not row 1's best
     assert torch.equal(spelled[:, starts], out[:, starts])
+    # spelling_min_p: a word goes on only with a piece >= min_p x the head's best token ("nova" is 0.2x
+    # row 1's best, row 0's best itself); NaN switches it off per row, starts are untouched
+    floor = combine(branches, w, continuation=continuation, whole_words=True, spelling_min_p=0.25)
+    assert torch.isneginf(floor[1, 1]) and floor[0, 1] == out[0, 1]
+    assert torch.equal(floor[:, starts], out[:, starts])
+    per_row = combine(branches, w, continuation=continuation, whole_words=True,
+                      spelling_min_p=torch.tensor([0.25, float("nan")]))  # fmt: skip
+    assert torch.equal(per_row, out)
+    assert torch.equal(
+        combine(branches, w, continuation=continuation, whole_words=True, spelling_min_p=0.2), out
+    )
+    # only with whole words: the paper's rule steers every token and keeps "nova" for row 1
+    assert torch.isfinite(combine(branches, w, spelling_min_p=0.25)[1, 1])
 
 
 def test_continuation_tokens_read_the_space_markers(tiny_tok):

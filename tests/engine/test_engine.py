@@ -207,6 +207,23 @@ def test_engine_negatives_from_synthetic_and_fingerprint(tiny_tok):
     assert cfg.merged(negatives_from="pool").fingerprint() == before != cfg.fingerprint()
 
 
+def test_spelling_floor_is_a_default_that_names_itself():
+    import hashlib
+    import json
+
+    cfg = SteerConfig()
+    assert cfg.spelling_min_p == 0.2 == SteerConfig.preset("steer").spelling_min_p
+    assert SteerConfig.preset("paper").spelling_min_p is None
+    # off, it hashes as before the field existed (files made then resume); on, it is another setting
+    fields = {
+        k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("spelling_min_p", "share_negatives")
+    }
+    before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    assert cfg.merged(spelling_min_p=None).fingerprint() == before != cfg.fingerprint()
+    with pytest.raises(ValueError, match=r"spelling_min_p.*\(0, 1\]"):
+        SteerConfig(spelling_min_p=1.5)
+
+
 def test_negative_budget_drops_whole_examples(tiny_engine):
     negs = [
         "Is the Hubble tension a sign of new physics?",

@@ -59,6 +59,8 @@ def naive_scores(
             goes_on = torch.tensor([n[0] not in "ĠĊĉ▁" and n[0].isalnum() for n in names])
             p_new = head.exp()[~goes_on].sum()
             in_top_k = head >= head.topk(cfg.top_k or len(head)).values[-1]
+            if cfg.spelling_min_p is not None:  # and no rarer than min_p x the head's best token
+                in_top_k &= head.exp() >= cfg.spelling_min_p * head.exp().max()
             new = torch.where(goes_on, float("-inf"), s).softmax(-1) * p_new
             s = torch.where(goes_on, torch.where(in_top_k, head.exp(), 0.0), new).log()
         if cfg.alpha is not None and steered:
@@ -81,6 +83,8 @@ def assert_close_finite(a: torch.Tensor, b: torch.Tensor) -> None:
         {"form": "cfg", "gamma": 0.5, "eta": 1.0},
         {"negative_form": "per_example"},
         {"alpha": 0.1, "gamma": 1.0},
+        {"spelling_min_p": 0.6},  # a floor that bites on the tiny models' flat distributions
+        {"spelling_min_p": None},
         {"alpha": None, "whole_words": False},  # the paper's rule
         {"gamma": 0.0, "eta": 0.0},  # plain sampling: the guards stay off
     ],

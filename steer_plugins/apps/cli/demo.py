@@ -66,6 +66,8 @@ def _describe(config: Any) -> str:
         parts.append(f"α={config.alpha:g}")
     if config.whole_words:
         parts.append("whole words")
+        if config.spelling_min_p is not None:
+            parts.append(f"spelling min-p {config.spelling_min_p:g}")
     return ", ".join(parts)
 
 
