@@ -54,6 +54,10 @@ DONE_WHEN_CANDIDATES = (
     "γ0.2 η1 α0.1 words",
     "γ0.2 η0.4 α0.05 words",
     "γ0.2 η0.4 α0.05 words, synthetic negatives",
+    "γ0.2 η0.4 α0.05 words, synthetic negatives, spelling 0.2",
+    "γ0.2 η0.5 α0.05 words, synthetic negatives, spelling 0.2",
+    "γ0.2 η0.6 α0.05 words, synthetic negatives, spelling 0.2",
+    "γ0.2 η0.8 α0.05 words, synthetic negatives, spelling 0.2",
 )
 
 
@@ -133,14 +137,14 @@ def methods() -> list[tuple[str, str, dict]]:
         for g, e in ((0.2, 0.4), (0.2, 0.6))
     ]
     # synthetic negatives with the spelling floor (`spelling_min_p`): the expert continues a word only
-    # with a piece at least 0.2x as likely as its best token
+    # with a piece at least that share as likely as its best token
     out += [
         (
-            f"γ{g:g} η{e:g} α0.05 words, synthetic negatives, spelling 0.2",
+            f"γ{g:g} η{e:g} α0.05 words, synthetic negatives, spelling {sp:g}",
             "expert",
-            steer(g, e, alpha=0.05, whole_words=True, negatives_from="synthetic", spelling_min_p=0.2),
+            steer(g, e, alpha=0.05, whole_words=True, negatives_from="synthetic", spelling_min_p=sp),
         )
-        for g, e in ((0.2, 0.4), (0.2, 0.6), (0.2, 0.8))
+        for g, e, sp in ((0.2, 0.4, 0.2), (0.2, 0.5, 0.2), (0.2, 0.6, 0.2), (0.2, 0.8, 0.2), (0.2, 0.5, 0.5))
     ]
     # the product default with the negative contexts prefilled in bf16 (opt-in speed on native-bf16 hardware)
     out += [

@@ -382,3 +382,18 @@ def test_a_file_made_before_share_negatives_existed_still_resumes(tmp_path, gen_
     assert "share_negatives: None in the file, True now" in capsys.readouterr().err
     assert _gen(gen_args, out, "--n", "4") == 2  # today's default draws from the outputs
     assert "negatives_from: None in the file, 'synthetic' now" in capsys.readouterr().err
+
+
+def test_none_on_the_command_line_switches_an_optional_field_off():
+    # `--alpha none` must override (None is a value here, not "flag not given")
+    import argparse
+
+    from steer_plugins.apps.cli._common import add_config_flags, make_config, split_settings
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    _, fields = split_settings(parser.parse_args(["--spelling-min-p", "none", "--alpha", "off"]), {})
+    cfg = make_config(fields)
+    assert cfg.spelling_min_p is None and cfg.alpha is None
+    _, fields = split_settings(parser.parse_args([]), {"alpha": 0.1})  # nothing given: the file's value
+    assert make_config(fields).alpha == 0.1 and make_config(fields).spelling_min_p == 0.2

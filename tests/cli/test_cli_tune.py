@@ -166,7 +166,7 @@ def test_the_product_default_setting_is_tried_first():
     from steer_plugins.apps.tune import default_first
 
     cfg = SteerConfig()
-    grid = initial_grid([0.0, 0.2], [0.4, 1.0, 1.5], [0.05, 0.1], [True])  # default in the middle
+    grid = initial_grid([0.0, 0.2], [0.4, cfg.eta, 1.5], [0.05, 0.1], [True])  # default in the middle
     assert grid[0] != Setting(cfg.gamma, cfg.eta, cfg.alpha, cfg.whole_words)
     ordered = default_first(grid)
     assert ordered[0] == Setting(cfg.gamma, cfg.eta, cfg.alpha, cfg.whole_words) and set(ordered) == set(grid)

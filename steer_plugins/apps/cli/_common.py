@@ -216,6 +216,10 @@ def _optional(kind: type) -> typing.Callable[[str], Any]:
     return parse
 
 
+#: Default of every config flag: "not given", so that `--alpha none` (None: off) still overrides.
+UNSET: Any = type("Unset", (), {"__repr__": lambda self: "UNSET"})()
+
+
 def config_flag_specs() -> list[tuple[str, dict[str, Any]]]:
     """`(flag, argparse kwargs)` for every `SteerConfig` field, derived from its annotation."""
     from ...core.config import SteerConfig
@@ -227,12 +231,13 @@ def config_flag_specs() -> list[tuple[str, dict[str, Any]]]:
         default = field.default if field.default_factory is None else field.default_factory()
         description = _FLAG_HELP.get(name, field.description or "")
         help_text = f"{description} (default {default!r}{'; none = off' if optional else ''})"
-        kw: dict[str, Any] = {"dest": f"cfg_{name}", "default": None, "help": help_text}
+        kw: dict[str, Any] = {"dest": f"cfg_{name}", "default": UNSET, "help": help_text}
         if typing.get_origin(ann) is typing.Literal:
             kw["choices"] = list(typing.get_args(ann))
         elif typing.get_origin(ann) is list:
             (item,) = typing.get_args(ann)
-            kw.update(action="append", type=item, metavar=item.__name__.upper())
+            # append copies its default; None (never a valid list value) means "not given" here
+            kw.update(action="append", type=item, metavar=item.__name__.upper(), default=None)
             kw["help"] += "; repeat the flag for several"
         elif ann is bool:
             kw["action"] = argparse.BooleanOptionalAction
@@ -401,9 +406,17 @@ def split_settings(
         value = getattr(args, key, None)
         if value is not None:
             settings[key] = value
-    fields.update({k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None})
+    given = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not UNSET}
+    fields.update({k: v for k, v in given.items() if v is not None or _optional_field(k)})
     check_run_settings(settings)
     return settings, fields
+
+
+def _optional_field(name: str) -> bool:
+    """True when `SteerConfig.<name>` accepts None (off)."""
+    from ...core.config import SteerConfig
+
+    return _unwrap_optional(SteerConfig.model_fields[name].annotation)[1]
 
 
 def make_config(fields: dict[str, Any]) -> Any:
