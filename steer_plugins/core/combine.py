@@ -126,15 +126,7 @@ def combine(
     plain = active[:, head_index] & (active.sum(-1) == 1) & (w[:, head_index] == 1)
     if bool(plain.all()):
         return lp[:, head_index].clone()
-    # One batched product per row (about 10x faster than a masked sum at batch 8). A row with a zero
-    # weight must ignore that branch even where it is -inf (0 * -inf is NaN): those rows, and only
-    # they, take the masked sum, so a row's scores never depend on its neighbours.
-    scores = torch.bmm(w.unsqueeze(1), lp).squeeze(1)
-    partial = ~active.all(-1)
-    if bool(partial.any()):
-        a, lp_p = active[partial].unsqueeze(-1), lp[partial]
-        terms = torch.where(a, w[partial].unsqueeze(-1) * lp_p, torch.zeros((), device=lp.device))
-        scores[partial] = terms.sum(dim=1)
+    scores = _weighted_sum(lp, w, active)
     if bool(plain.any()):
         scores = torch.where(plain.unsqueeze(-1), lp[:, head_index], scores)
     if continuation is not None and (torch.is_tensor(whole_words) or whole_words):
@@ -146,6 +138,19 @@ def combine(
         alpha_t = torch.as_tensor(alpha, dtype=torch.float32, device=lp.device).expand(lp.shape[0])
         alpha_t = torch.where(plain, torch.full_like(alpha_t, math.nan), alpha_t)
         scores = scores.masked_fill(~head_mask(lp[:, head_index], alpha_t), float("-inf"))
+    return scores
+
+
+def _weighted_sum(lp: torch.Tensor, w: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """Σᵢ wᵢ·ℓᵢ per row: one batched product (about 10x faster than a masked sum at batch 8). A row
+    with a zero weight must ignore that branch even where it is -inf (0 * -inf is NaN): those rows,
+    and only they, take the masked sum, so a row's scores never depend on its neighbours."""
+    scores = torch.bmm(w.unsqueeze(1), lp).squeeze(1)
+    partial = ~active.all(-1)
+    if bool(partial.any()):
+        a, lp_p = active[partial].unsqueeze(-1), lp[partial]
+        terms = torch.where(a, w[partial].unsqueeze(-1) * lp_p, torch.zeros((), device=lp.device))
+        scores[partial] = terms.sum(dim=1)
     return scores
 
 
