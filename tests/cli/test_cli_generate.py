@@ -9,6 +9,7 @@ import pytest
 
 from steer_plugins import SteerConfig, SteerEngine
 from steer_plugins.apps.cli import build_parser, config_flag_specs, main
+from steer_plugins.apps.cli._common import UNSET
 from steer_plugins.apps.data_io import read_jsonl
 from steer_plugins.apps.eval import METRICS
 
@@ -259,7 +260,9 @@ def test_every_flag_has_help_and_shows_its_default(command):
         if not action.option_strings or action.dest == "help":
             continue
         assert action.help, f"{command} {action.option_strings[0]} has no help"
-        if action.default not in (None, False):
+        if action.default is UNSET:  # a SteerConfig flag: "not given"; its help names the field's default
+            assert "(default " in action.help, (command, action.option_strings[0])
+        elif action.default not in (None, False):
             assert f"default: {action.default}" in help_text or f"default {action.default}" in help_text, (
                 command,
                 action.option_strings[0],
