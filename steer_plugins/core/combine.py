@@ -181,10 +181,9 @@ def _whole_words(
             kth = top.gather(-1, (k.clamp(1, top.shape[-1]) - 1))
             kth = torch.where(limited, kth, torch.full_like(kth, float("-inf")))
             spelled = head.masked_fill(head < kth, float("-inf"))
-    if spelling_min_p is not None:  # NaN rows compare False: nothing dropped
+    if spelling_min_p is not None:  # the head mask at the floor, on the spelling pieces (NaN rows: off)
         min_p = torch.as_tensor(spelling_min_p, dtype=head.dtype, device=head.device).expand(head.shape[0])
-        floor = head.max(dim=-1, keepdim=True).values + torch.log(min_p).reshape(-1, 1)
-        spelled = spelled.masked_fill(head < floor, float("-inf"))
+        spelled = spelled.masked_fill(~head_mask(head, min_p), float("-inf"))
     mixed = torch.where(continuation, spelled, start_mass + starts)
     if torch.is_tensor(rows):
         return torch.where(rows.to(head.device).unsqueeze(-1), mixed, scores)
