@@ -138,6 +138,34 @@ def test_sampling_over_the_kept_tokens_has_the_filtered_distribution():
     assert 0 <= int(wide(logits, [torch.Generator().manual_seed(0)] * 2)[1]) < vocab
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_top_k_sampler_draws_as_filter_then_draw(temperature):
+    """Top-k alone takes a fast path (one `topk` of the batch, no vocabulary-wide mask): for the same
+    generators it draws exactly the tokens of the general path (filter the vocabulary, then draw over
+    the kept tokens), including a row with fewer than k finite tokens and a row whose k-th token
+    ties the next (both tied tokens stay, as the filter keeps them)."""
+    from steer_plugins.core.sampling import _draw, make_filter
+
+    torch.manual_seed(0)
+    vocab, k = 500, 10
+    logits = (torch.randn(4, vocab) * 3).log_softmax(-1)
+    logits[1, 6:] = -math.inf  # six tokens left
+    top = logits[2].topk(k + 1)
+    logits[2, top.indices[k]] = top.values[k - 1]  # a tie at the k-th place
+    fast = make_sampler(temperature=temperature, top_k=k)
+    filt = make_filter(temperature=temperature, top_k=k)
+    for seed in range(40):
+        gens = [torch.Generator().manual_seed(seed * 4 + i) for i in range(4)]
+        got = fast(logits, gens).tolist()
+        filtered = filt(logits)
+        ref_gens = [torch.Generator().manual_seed(seed * 4 + i) for i in range(4)]
+        kept = (filtered > -math.inf).sum(-1).tolist()
+        want = [int(_draw(filtered[i], kept[i], ref_gens[i])) for i in range(4)]
+        assert got == want
+        assert torch.isfinite(filtered[1, got[1]]) and got[1] < 6
+    assert kept[2] == k + 1
+
+
 @pytest.mark.parametrize(
     "bad",
     [
