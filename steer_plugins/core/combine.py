@@ -25,10 +25,15 @@ def head_mask(head_logprobs: torch.Tensor, alpha: float | torch.Tensor) -> torch
     Returns:
         `(num_prompts, vocab)` bool tensor, True where the token is kept.
     """
-    alpha_t = torch.as_tensor(alpha, dtype=torch.float32, device=head_logprobs.device)
-    threshold = head_logprobs.amax(dim=-1, keepdim=True) + torch.log(alpha_t).reshape(-1, 1)
-    keep = head_logprobs >= threshold
-    return keep | torch.isnan(threshold)
+    return head_logprobs >= _head_floor(head_logprobs, alpha)
+
+
+def _head_floor(head: torch.Tensor, share: float | torch.Tensor) -> torch.Tensor:
+    """`(rows, 1)` log-prob of `share` times each row's best token: the line `head_mask` keeps
+    tokens above. A NaN share gives −inf (the row keeps everything)."""
+    share_t = torch.as_tensor(share, dtype=head.dtype, device=head.device)
+    floor = head.amax(dim=-1, keepdim=True) + torch.log(share_t).reshape(-1, 1)
+    return floor.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
 
 
 _SPACE_MARKERS = frozenset("Ġ▁Ċĉ")
@@ -138,10 +143,7 @@ def combine(
         alpha_t = torch.as_tensor(alpha, dtype=torch.float32, device=lp.device).expand(lp.shape[0])
         alpha_t = torch.where(plain, torch.full_like(alpha_t, math.nan), alpha_t)
         head = lp[:, head_index]
-        floor = (head.amax(-1, keepdim=True) + torch.log(alpha_t).reshape(-1, 1)).nan_to_num(
-            nan=-math.inf, posinf=math.inf, neginf=-math.inf
-        )
-        scores = scores.masked_fill(head < floor, float("-inf"))  # `head_mask`, without a bool `~` and `|`
+        scores = scores.masked_fill(head < _head_floor(head, alpha_t), float("-inf"))  # ~head_mask
     return scores
 
 
@@ -208,8 +210,7 @@ def _spelling_floor(
             floors.append(torch.where(limited, kth, torch.full_like(kth, float("-inf"))))
     if spelling_min_p is not None:  # the head mask's rule at the floor (NaN rows: off)
         min_p = torch.as_tensor(spelling_min_p, dtype=head.dtype, device=head.device).expand(head.shape[0])
-        rule = head.amax(-1, keepdim=True) + torch.log(min_p).reshape(-1, 1)
-        floors.append(rule.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf))
+        floors.append(_head_floor(head, min_p))
     if not floors:
         return None
     return floors[0] if len(floors) == 1 else torch.maximum(*floors)
@@ -220,8 +221,9 @@ _BIASES: dict[int, tuple[weakref.ref, tuple[torch.Tensor, ...]]] = {}  # id(mask
 
 def _word_biases(continuation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`(vocab,)` float masks, once per continuation mask object: −inf on continuation pieces (0 on
-    word starts), the reverse, and 1.0 on word starts (0 on pieces). Keyed by identity (a tensor's `==` is elementwise, so tensors
-    cannot be dict keys), checked through a weak reference so a reused id never hits."""
+    word starts), the reverse, and 1.0 on word starts (0 on pieces). Keyed by identity (a tensor's
+    `==` is elementwise, so tensors cannot be dict keys), checked through a weak reference so a
+    reused id never hits."""
     key = id(continuation)
     hit = _BIASES.get(key)
     if hit is not None and hit[0]() is continuation:
