@@ -97,10 +97,11 @@ def make_sampler(
         return lambda lp, gens: lp.argmax(-1)
     filt = make_filter(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     top_k_only = top_k is not None and (top_p is None or top_p >= 1) and not min_p
+    scale = make_filter(temperature=temperature)  # the temperature step alone, for the top-k path
 
     def sample(lp: torch.Tensor, gens: Sequence[torch.Generator | None]) -> torch.Tensor:
         if top_k_only and top_k < lp.shape[-1] // 2:
-            return _sample_top_k(lp.float(), top_k, temperature, gens)
+            return _sample_top_k(scale(lp.float()), top_k, gens)
         filtered = filt(lp.float())
         kept = (filtered > _NEG_INF).sum(-1).tolist()
         out = torch.empty(filtered.shape[0], dtype=torch.long, device=filtered.device)
@@ -111,21 +112,18 @@ def make_sampler(
     return sample
 
 
-def _sample_top_k(
-    lp: torch.Tensor, k: int, temperature: float, gens: Sequence[torch.Generator | None]
-) -> torch.Tensor:
+def _sample_top_k(lp: torch.Tensor, k: int, gens: Sequence[torch.Generator | None]) -> torch.Tensor:
     """Top-k sampling from one `topk` of the batch: the same draws as filtering the vocabulary and
     then drawing over the kept tokens (`_draw`), without the vocabulary-wide compare and fill (on CPU
     a bool mask over 8 × 49 152 costs about as much as the `topk` itself). A row whose k-th best
-    ties the next one keeps every tied token, as the filter does: it takes the general path."""
-    if temperature != 1:
-        lp = (lp - lp.amax(-1, keepdim=True)) / temperature
+    ties the next one keeps every tied token, as the filter does: it takes the general path.
+    `lp` is already temperature-scaled."""
     values, ids = lp.topk(k + 1, dim=-1)
-    tied = (values[:, k] == values[:, k - 1]) & (values[:, k] > _NEG_INF)
+    tied = ((values[:, k] == values[:, k - 1]) & (values[:, k] > _NEG_INF)).tolist()
     kept = (values[:, :k] > _NEG_INF).sum(-1).tolist()
     out = torch.empty(lp.shape[0], dtype=torch.long, device=lp.device)
     for i, g in enumerate(gens):
-        if bool(tied[i]):
+        if tied[i]:
             out[i] = _draw(apply_top_k(lp[i : i + 1], k)[0], int((lp[i] >= values[i, k]).sum()), g)
             continue
         n = max(kept[i], 1)
