@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import threading
 
 import pytest
@@ -35,6 +37,15 @@ def test_stream_batch_deltas_join_to_generate_text(tiny_engine):
     for i in range(3):
         assert pieces[i] == want[i].text == finals[i].text
         assert finals[i].token_ids == want[i].token_ids
+
+
+def hash_without(cfg: SteerConfig, *later: str) -> str:
+    """The fingerprint `cfg` had before the fields `later` existed (and before `spelling_base_min_p`,
+    off here): files made then must still resume."""
+    assert cfg.spelling_base_min_p is None
+    drop = {*later, "spelling_base_min_p"}
+    fields = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in drop}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def test_stop_string_cuts_text_and_is_never_streamed(tiny_engine):
@@ -178,9 +189,6 @@ def test_synthetic_source_draws_outputs_topped_up_with_real():
 def test_engine_negatives_from_synthetic_and_fingerprint(tiny_tok):
     """Through the engine: with `negatives_from="synthetic"` (the default) a call after outputs joined
     the pool draws only outputs; the paper's draw keeps the fingerprint it had before the field existed."""
-    import hashlib
-    import json
-
     engine = SteerEngine(
         tiny_model("llama", tiny_tok, seed=1),
         tokenizer=tiny_tok,
@@ -200,28 +208,26 @@ def test_engine_negatives_from_synthetic_and_fingerprint(tiny_tok):
     assert cfg.negatives_from == "synthetic" == SteerConfig.preset("steer").negatives_from
     assert SteerConfig.preset("paper").negatives_from == "pool"
     # the paper's draw hashes as it did before the field existed, so files made then still resume
-    fields = {
-        k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("negatives_from", "share_negatives")
-    }
-    before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    before = hash_without(cfg, "negatives_from", "share_negatives")
     assert cfg.merged(negatives_from="pool").fingerprint() == before != cfg.fingerprint()
 
 
 def test_spelling_floor_is_a_default_that_names_itself():
-    import hashlib
-    import json
-
     cfg = SteerConfig()
     assert cfg.spelling_min_p == 0.2 == SteerConfig.preset("steer").spelling_min_p
     assert SteerConfig.preset("paper").spelling_min_p is None
     # off, it hashes as before the field existed (files made then resume); on, it is another setting
-    fields = {
-        k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("spelling_min_p", "share_negatives")
-    }
-    before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    before = hash_without(cfg, "spelling_min_p", "share_negatives")
     assert cfg.merged(spelling_min_p=None).fingerprint() == before != cfg.fingerprint()
     with pytest.raises(ValueError, match=r"spelling_min_p.*\(0, 1\]"):
         SteerConfig(spelling_min_p=1.5)
+    # the base's spelling floor: off, the fingerprint is the one made before it existed; on, another
+    with_base = cfg.merged(spelling_base_min_p=0.05)
+    assert with_base.fingerprint() not in (cfg.fingerprint(), before)
+    assert with_base.merged(spelling_base_min_p=None).fingerprint() == cfg.fingerprint()
+    assert SteerConfig.preset("paper").spelling_base_min_p is None
+    with pytest.raises(ValueError, match=r"spelling_base_min_p.*\(0, 1\]"):
+        SteerConfig(spelling_base_min_p=0.0)
 
 
 def test_negative_budget_drops_whole_examples(tiny_engine):
@@ -438,9 +444,6 @@ def test_share_negatives_draws_once_per_call_and_prefills_that_context_once(tiny
     exactly as if it had been passed as every prompt's `negatives`, and the negative context's prefill
     runs once for all of them; the next call draws again. Left off, the fingerprint is what it was
     before the field existed."""
-    import hashlib
-    import json
-
     from steer_plugins.core.rows import RowBatch
 
     engine = SteerEngine(
@@ -475,7 +478,5 @@ def test_share_negatives_draws_once_per_call_and_prefills_that_context_once(tiny
     engine.close()
 
     cfg = SteerConfig(negatives_from="pool")
-    later = ("share_negatives", "negatives_from")  # fields added after files were fingerprinted
-    fields = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in later}
-    before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    before = hash_without(cfg, "share_negatives", "negatives_from")
     assert cfg.fingerprint() == before != cfg.merged(share_negatives=True).fingerprint()
