@@ -146,24 +146,6 @@ def methods() -> list[tuple[str, str, dict]]:
         )
         for g, e, sp in ((0.2, 0.4, 0.2), (0.2, 0.5, 0.2), (0.2, 0.6, 0.2), (0.2, 0.8, 0.2), (0.2, 0.5, 0.5))
     ]
-    # and the base model's spelling floor (`spelling_base_min_p`): a piece must also be at least that
-    # share of the base's best token, unless no piece is (the expert's own misspellings, "Seyf"+"ren")
-    out += [
-        (
-            f"γ{g:g} η{e:g} α0.05 words, synthetic negatives, spelling {sp:g}, base spelling {b:g}",
-            "expert",
-            steer(
-                g,
-                e,
-                alpha=0.05,
-                whole_words=True,
-                negatives_from="synthetic",
-                spelling_min_p=sp,
-                spelling_base_min_p=b,
-            ),
-        )
-        for g, e, sp, b in ((0.2, 0.5, 0.2, 0.05),)
-    ]
     # the product default with the negative contexts prefilled in bf16 (opt-in speed on native-bf16 hardware)
     out += [
         (

@@ -62,6 +62,9 @@ def word_pieces(
 
 def main(argv: list[str]) -> int:
     """Print the shares for every set named in `argv`."""
+    if not argv or "-h" in argv or "--help" in argv:
+        print(__doc__)
+        return 0 if argv else 2
     sys.path.insert(0, str(HERE))
     from quality_study import DEFAULT_DATA, split
 

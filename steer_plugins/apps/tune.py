@@ -338,10 +338,7 @@ def _write_outputs(
     # the draw and the spelling floor the settings were measured with, so a later change of a default
     # does not change the recipe
     engine_cfg = run.engine.config
-    drawn = {
-        name: getattr(engine_cfg, name)
-        for name in ("negatives_from", "spelling_min_p", "spelling_base_min_p")
-    }
+    drawn = {"negatives_from": engine_cfg.negatives_from, "spelling_min_p": engine_cfg.spelling_min_p}
     recipe = {**settings, "config": {**drawn, **settings.get("config", {}), **chosen}}
     recipe_path = run.out / RECIPE_NAME
     recipe_path.write_text(json.dumps(recipe, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

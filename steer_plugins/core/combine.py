@@ -79,8 +79,6 @@ def combine(
     whole_words: torch.Tensor | bool = False,
     head_top_k: torch.Tensor | int | None = None,
     spelling_min_p: float | torch.Tensor | None = None,
-    spelling_base_min_p: float | torch.Tensor | None = None,
-    base_index: int = 1,
 ) -> torch.Tensor:
     """s = Σᵢ wᵢ·ℓᵢ over branches, optionally restricted to the head branch's plausible tokens.
 
@@ -106,13 +104,6 @@ def combine(
             this share of its most likely token's probability (a float, or a `(num_prompts,)` tensor,
             NaN = off for that row). Invented words are mostly spelled with a piece outside the head's
             top two; real words almost never are (docs/quality.md).
-        spelling_base_min_p: with `whole_words`, a word may only go on with a piece that the base
-            branch (`base_index`) also gives at least this share of its best token's probability
-            (a float, or a `(num_prompts,)` tensor, NaN = off for that row); a row where no piece
-            passes both floors keeps the head's floors alone. A fine-tuned expert's own misspellings
-            are pieces only it likes ("Seyf"+"ren": expert 0.50, base 0.004).
-        base_index: which branch is the base model (read only for `spelling_base_min_p`; its weight
-            may be zero).
 
     Returns:
         `(num_prompts, vocab)` fp32 scores, not renormalised; masked tokens are −inf.
@@ -145,16 +136,8 @@ def combine(
         scores = torch.where(plain.unsqueeze(-1), lp[:, head_index], scores)
     if continuation is not None and (torch.is_tensor(whole_words) or whole_words):
         rows = ~plain if not torch.is_tensor(whole_words) else whole_words.to(plain.device) & ~plain
-        base = lp[:, base_index] if spelling_base_min_p is not None else None
         scores = _whole_words(
-            lp[:, head_index],
-            scores,
-            continuation.to(lp.device),
-            rows,
-            head_top_k,
-            spelling_min_p,
-            base,
-            spelling_base_min_p,
+            lp[:, head_index], scores, continuation.to(lp.device), rows, head_top_k, spelling_min_p
         )
     if alpha is not None and not (isinstance(alpha, float) and math.isnan(alpha)):
         alpha_t = torch.as_tensor(alpha, dtype=torch.float32, device=lp.device).expand(lp.shape[0])
@@ -184,13 +167,10 @@ def _whole_words(
     rows: torch.Tensor | bool,
     head_top_k: torch.Tensor | int | None,
     spelling_min_p: float | torch.Tensor | None = None,
-    base: torch.Tensor | None = None,
-    spelling_base_min_p: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Log-probs of a two-level choice: with the head's probability of continuing the word, a
-    continuation token drawn from the head (among its `head_top_k` best, at least `spelling_min_p`
-    times as likely as its best token, and at least `spelling_base_min_p` times as likely as the
-    `base` row's best token under `base`, unless no piece passes that last floor); otherwise a word-starting
+    continuation token drawn from the head (among its `head_top_k` best, and at least
+    `spelling_min_p` times as likely as its best token); otherwise a word-starting
     token (space-led, punctuation, EOS) drawn from the combined scores renormalised over those
     tokens. Rows where `rows` is False keep `scores`. Not renormalised when `head_top_k` drops mass.
 
@@ -205,8 +185,6 @@ def _whole_words(
     starts = (scores + off_starts).log_softmax(-1)
     floor = _spelling_floor(head, head_top_k, spelling_min_p)  # (rows, 1): the least likely piece allowed
     spelled = head if floor is None else head.masked_fill(head < floor, float("-inf"))
-    if base is not None:
-        spelled = _base_spelling(spelled, base, spelling_base_min_p, off_pieces)
     # each position is finite on one side only (a piece, or a word start), so the max picks that side
     mixed = torch.maximum(spelled + off_pieces, start_mass + starts)
     if torch.is_tensor(rows):
@@ -214,23 +192,6 @@ def _whole_words(
             return mixed
         return torch.where(rows.to(head.device).unsqueeze(-1), mixed, scores)
     return mixed
-
-
-def _base_spelling(
-    spelled: torch.Tensor,
-    base: torch.Tensor,
-    spelling_base_min_p: float | torch.Tensor | None,
-    off_pieces: torch.Tensor,
-) -> torch.Tensor:
-    """`spelled` without the pieces the base gives less than `spelling_base_min_p` times its best
-    token; rows where that leaves no continuation piece keep `spelled` as it was (the word must
-    still end somewhere, and a cut mid-word would invent one)."""
-    floor = _head_floor(base.float(), spelling_base_min_p)  # raw logits or log-probs: same line
-    both = spelled.masked_fill(base < floor, float("-inf"))
-    some_piece = torch.isfinite((both + off_pieces).amax(-1, keepdim=True))
-    if bool(some_piece.all()):
-        return both
-    return torch.where(some_piece, both, spelled)
 
 
 def _spelling_floor(

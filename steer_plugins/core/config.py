@@ -130,14 +130,6 @@ class SteerConfig(BaseModel):
         "Invented words are mostly spelled with a piece outside the expert's top two, real words almost "
         "never (docs/quality.md). None = the sampler's top-k alone. Like alpha, it guards steering only.",
     )
-    spelling_base_min_p: float | None = Field(
-        None,
-        description="With whole_words: a word goes on only with a piece the base model also gives at least "
-        "this share of its most likely token's probability. A fine-tuned expert misspells with pieces only it "
-        "likes (the shipped expert writes 'Seyf'+'ren' at 0.50, the base 0.004); when no piece passes both "
-        "floors the expert's own floor decides. Uses the base branch (with gamma = 0 a base row is run for "
-        "it); off when the expert is its own base. None = off. Like alpha, it guards steering only.",
-    )
     temperature: float = Field(1.0, description="Sampling temperature; 0 = greedy.")
     top_k: int | None = Field(DEFAULT_TOP_K, description="Keep the k best tokens; None = off.")
     top_p: float | None = Field(None, description="Nucleus filter; None = off.")
@@ -191,7 +183,7 @@ class SteerConfig(BaseModel):
             raise ValueError(f"`temperature` must be finite and >= 0 (0 = greedy), got {v!r}")
         return v
 
-    @field_validator("top_p", "alpha", "spelling_min_p", "spelling_base_min_p")
+    @field_validator("top_p", "alpha", "spelling_min_p")
     @classmethod
     def _unit_interval(cls, v: float | None, info) -> float | None:
         if v is not None and not (0 < v <= 1):
@@ -281,7 +273,6 @@ ADDED_FIELDS_OFF: dict[str, Any] = {
     "share_negatives": False,
     "negatives_from": "pool",
     "spelling_min_p": None,
-    "spelling_base_min_p": None,
 }
 
 
@@ -325,7 +316,6 @@ register_preset(
     alpha=None,
     whole_words=False,
     spelling_min_p=None,
-    spelling_base_min_p=None,
     top_k=10,
     top_p=None,
     min_p=None,

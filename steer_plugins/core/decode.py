@@ -57,32 +57,15 @@ def head_weight(weights: BranchWeights, fold_base: bool) -> float:
     return weights.expert + (weights.base if fold_base else 0.0)
 
 
-def _has_base_row(job: PromptJob, base_is_expert: bool) -> bool:
-    """Whether `job` gets a base row (slot 1): for γ > 0, or for the base spelling floor
-    (`spelling_base_min_p`) of a steered prompt, with weight 0. Never when the expert is its own base
-    on the same prompt (that branch folds into the head)."""
-    if base_is_expert and job.base_prompt_ids is None:
-        return False
-    c, w = job.config, job.config.branch_weights()
-    floor = (
-        c.whole_words
-        and c.spelling_base_min_p is not None
-        and w.negative != 0
-        and bool(job.negative_contexts)
-    )
-    return w.base != 0 or floor
-
-
 def _plan_rows(job_index: int, job: PromptJob, base_is_expert: bool) -> tuple[list[_Row], list[_Row]]:
-    """Rows of one prompt: (expert-model rows, base rows). Zero-weight branches get no row, but for
-    the base row the spelling floor reads (`_has_base_row`)."""
+    """Rows of one prompt: (expert-model rows, base rows). Zero-weight branches get no row."""
     w = job.config.branch_weights()
     fold = base_is_expert and job.base_prompt_ids is None
     head = head_weight(w, fold)
     expert_rows = [_Row(job_index, 0, job.prompt_ids, head)]
     base_rows: list[_Row] = []
     slot = 1
-    if _has_base_row(job, base_is_expert):
+    if w.base != 0 and not fold:
         row = _Row(job_index, slot, job.base_prompt_ids or job.prompt_ids, w.base)
         (expert_rows if base_is_expert else base_rows).append(row)  # same weights: same forward
         slot += 1
@@ -218,7 +201,6 @@ class _StepPlan:
     whole_words: torch.Tensor | None  # (prompts,) bool, None when no prompt asks for it
     head_top_k: torch.Tensor | None  # (prompts,) the sampler's top-k (vocab size when off), with whole_words
     spelling_min_p: torch.Tensor | None  # (prompts,) NaN = off, with whole_words
-    spelling_base_min_p: torch.Tensor | None  # (prompts,) NaN = off or no base row, with whole_words
     samplers: list[tuple[Sampler, torch.Tensor, list[int]]]
     constrained: list[tuple[int, Constraint]]  # (position, constraint) of constrained prompts
 
@@ -343,18 +325,6 @@ class Decoder:
             if any(words) and any(m is not None for m in mins)
             else None
         )
-        base_is_expert = self.models.base is self.models.expert
-        base_mins = [
-            self._states[j].job.config.spelling_base_min_p
-            if _has_base_row(self._states[j].job, base_is_expert)
-            else None
-            for j in active
-        ]
-        spelling_base_min_p = (
-            torch.tensor([math.nan if m is None else m for m in base_mins], device=self.device)
-            if any(words) and any(m is not None for m in base_mins)
-            else None
-        )
         by_key: dict[tuple, list[int]] = {}
         for p, j in enumerate(active):
             c = self._states[j].job.config
@@ -374,16 +344,7 @@ class Decoder:
             if self._states[j].job.constraint is not None
         ]
         self._plan = _StepPlan(
-            active,
-            idx,
-            weights,
-            alpha,
-            whole_words,
-            head_top_k,
-            spelling_min_p,
-            spelling_base_min_p,
-            samplers,
-            constrained,
+            active, idx, weights, alpha, whole_words, head_top_k, spelling_min_p, samplers, constrained
         )
         return self._plan
 
@@ -402,7 +363,6 @@ class Decoder:
             whole_words=words,
             head_top_k=plan.head_top_k,
             spelling_min_p=plan.spelling_min_p,
-            spelling_base_min_p=plan.spelling_base_min_p,
         )
         scores, fallback = apply_constraints(scores, branch_lp[:, 0], plan.constrained)
         scores, fell_back = guard_non_finite(scores, fallback)

@@ -56,14 +56,6 @@ class SteerLogitsProcessor(LogitsProcessor):
         self.negative_ids = contexts[0] if contexts else []
         self.prompt_attention_mask = prompt_attention_mask
         self.fallback_steps = 0
-        c = self.config  # the base spelling floor reads a base row even at γ = 0 (weight 0)
-        self._base_floor = (
-            c.whole_words
-            and c.spelling_base_min_p is not None
-            and self.weights.negative != 0
-            and bool(self.negative_ids)
-            and self.models.base is not self.models.expert
-        )
         self._base: RowBatch | None = None
         self._neg: RowBatch | None = None
         self._started = False
@@ -79,7 +71,7 @@ class SteerLogitsProcessor(LogitsProcessor):
     def _start(self, input_ids: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         self._started = True
         base_lp = neg_lp = None
-        if self._base_floor or (self.weights.base != 0 and self.models.base is not self.models.expert):
+        if self.weights.base != 0 and self.models.base is not self.models.expert:
             shared = self.models.shared_weights
             self._base = RowBatch(
                 self.models.expert if shared else self.models.base, pad_id=self.pad_id, disable_adapter=shared
@@ -117,7 +109,6 @@ class SteerLogitsProcessor(LogitsProcessor):
             whole_words=self.config.whole_words,
             head_top_k=self.config.top_k,
             spelling_min_p=self.config.spelling_min_p,
-            spelling_base_min_p=self.config.spelling_base_min_p if base_lp is not None else None,
         )
         combined, fell_back = guard_non_finite(combined, head)
         self.fallback_steps += int(fell_back.sum())

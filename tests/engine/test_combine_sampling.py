@@ -260,27 +260,6 @@ def test_whole_words_expert_spells_steering_picks_new_words():
     assert torch.isfinite(combine(branches, w, spelling_min_p=0.25)[1, 1])
 
 
-def test_base_spelling_floor_drops_pieces_only_the_expert_likes():
-    # vocab: 0 "Ġsuper", 1 "ert", 2 "ren", 3 "?"; tokens 1 and 2 continue a word ("Seyf" + ...)
-    continuation = torch.tensor([False, True, True, False])
-    head = torch.stack([lp(0.1, 0.3, 0.5, 0.1), lp(0.1, 0.3, 0.5, 0.1), lp(0.1, 0.3, 0.5, 0.1)])
-    base = torch.stack([lp(0.2, 0.65, 0.004, 0.146), lp(0.9, 0.04, 0.02, 0.04), lp(0.2, 0.65, 0.004, 0.146)])
-    neg = torch.stack([lp(0.25, 0.25, 0.25, 0.25)] * 3)
-    for base_weight in (-0.2, 0.0):  # the floor reads the base branch whether or not it is weighted
-        branches, w = torch.stack([head, base, neg], dim=1), torch.tensor([1.2, base_weight, -0.5])
-        kw = {"continuation": continuation, "whole_words": True, "spelling_min_p": 0.2}
-        out = combine(branches, w, **kw)
-        floor = combine(branches, w, **kw, spelling_base_min_p=torch.tensor([0.05, 0.05, math.nan]))
-        # row 0: "ren" is 0.006x the base's best, so the word goes on only as "ert", at the expert's odds
-        assert torch.isneginf(floor[0, 2]) and floor[0, 1] == out[0, 1] and torch.isfinite(out[0, 2])
-        assert torch.equal(floor[0, [0, 3]], out[0, [0, 3]])  # word starts untouched
-        # row 1: no piece passes the base's floor, so the expert's floors alone decide (no cut mid-word);
-        # row 2: NaN = off
-        assert torch.equal(floor[1:], out[1:])
-        # without whole words there is nothing to spell: the floor does nothing
-        assert torch.equal(combine(branches, w, spelling_base_min_p=0.05), combine(branches, w))
-
-
 def test_continuation_tokens_read_the_space_markers(tiny_tok):
     from steer_plugins.core.combine import continuation_tokens
 

@@ -40,11 +40,8 @@ def test_stream_batch_deltas_join_to_generate_text(tiny_engine):
 
 
 def hash_without(cfg: SteerConfig, *later: str) -> str:
-    """The fingerprint `cfg` had before the fields `later` existed (and before `spelling_base_min_p`,
-    off here): files made then must still resume."""
-    assert cfg.spelling_base_min_p is None
-    drop = {*later, "spelling_base_min_p"}
-    fields = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in drop}
+    """The fingerprint `cfg` had before the fields `later` existed: files made then must still resume."""
+    fields = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in later}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -221,13 +218,6 @@ def test_spelling_floor_is_a_default_that_names_itself():
     assert cfg.merged(spelling_min_p=None).fingerprint() == before != cfg.fingerprint()
     with pytest.raises(ValueError, match=r"spelling_min_p.*\(0, 1\]"):
         SteerConfig(spelling_min_p=1.5)
-    # the base's spelling floor: off, the fingerprint is the one made before it existed; on, another
-    with_base = cfg.merged(spelling_base_min_p=0.05)
-    assert with_base.fingerprint() not in (cfg.fingerprint(), before)
-    assert with_base.merged(spelling_base_min_p=None).fingerprint() == cfg.fingerprint()
-    assert SteerConfig.preset("paper").spelling_base_min_p is None
-    with pytest.raises(ValueError, match=r"spelling_base_min_p.*\(0, 1\]"):
-        SteerConfig(spelling_base_min_p=0.0)
 
 
 def test_negative_budget_drops_whole_examples(tiny_engine):

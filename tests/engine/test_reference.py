@@ -44,13 +44,12 @@ def naive_scores(
     for t in range(len(result.token_ids)):
         gen = result.token_ids[:t]
         s = (w.expert) * last_logprobs(expert, p_ids + gen)
-        if base is None:  # LoRA expert: base = adapter off
-            with expert.disable_adapter():
-                base_lp = last_logprobs(expert, p_ids + gen)
-        else:
-            base_lp = last_logprobs(base, p_ids + gen)
         if w.base:
-            s = s + w.base * base_lp
+            if base is None:  # LoRA expert: base = adapter off
+                with expert.disable_adapter():
+                    s = s + w.base * last_logprobs(expert, p_ids + gen)
+            else:
+                s = s + w.base * last_logprobs(base, p_ids + gen)
         for ctx in neg_ctxs:
             s = s + (w.negative / len(neg_ctxs)) * last_logprobs(expert, ctx + gen)
         head = last_logprobs(expert, p_ids + gen)
@@ -62,9 +61,6 @@ def naive_scores(
             in_top_k = head >= head.topk(cfg.top_k or len(head)).values[-1]
             if cfg.spelling_min_p is not None:  # and no rarer than min_p x the head's best token
                 in_top_k &= head.exp() >= cfg.spelling_min_p * head.exp().max()
-            if cfg.spelling_base_min_p is not None:  # and the base's floor, unless no piece passes it
-                both = in_top_k & (base_lp.exp() >= cfg.spelling_base_min_p * base_lp.exp().max())
-                in_top_k = both if bool((both & goes_on).any()) else in_top_k
             new = torch.where(goes_on, float("-inf"), s).softmax(-1) * p_new
             s = torch.where(goes_on, torch.where(in_top_k, head.exp(), 0.0), new).log()
         if cfg.alpha is not None and steered:
@@ -89,9 +85,6 @@ def assert_close_finite(a: torch.Tensor, b: torch.Tensor) -> None:
         {"alpha": 0.1, "gamma": 1.0},
         {"spelling_min_p": 0.6},  # a floor that bites on the tiny models' flat distributions
         {"spelling_min_p": None},
-        {"spelling_base_min_p": 0.3, "spelling_min_p": None},  # the base's floor bites on half the steps
-        # a base row of weight 0, read by the floor alone
-        {"spelling_base_min_p": 0.5, "gamma": 0.0, "spelling_min_p": None, "top_k": None},
         {"alpha": None, "whole_words": False},  # the paper's rule
         {"gamma": 0.0, "eta": 0.0},  # plain sampling: the guards stay off
     ],

@@ -68,8 +68,6 @@ def _describe(config: Any) -> str:
         parts.append("whole words")
         if config.spelling_min_p is not None:
             parts.append(f"spelling min-p {config.spelling_min_p:g}")
-        if config.spelling_base_min_p is not None:
-            parts.append(f"base spelling min-p {config.spelling_base_min_p:g}")
     return ", ".join(parts)
 
 
