@@ -144,7 +144,14 @@ def methods() -> list[tuple[str, str, dict]]:
             "expert",
             steer(g, e, alpha=0.05, whole_words=True, negatives_from="synthetic", spelling_min_p=sp),
         )
-        for g, e, sp in ((0.2, 0.4, 0.2), (0.2, 0.5, 0.2), (0.2, 0.6, 0.2), (0.2, 0.8, 0.2), (0.2, 0.5, 0.5))
+        for g, e, sp in (
+            (0.2, 0.4, 0.2),
+            (0.2, 0.5, 0.2),
+            (0.2, 0.6, 0.2),
+            (0.2, 0.8, 0.2),
+            (0.2, 0.5, 0.5),
+            (0.2, 0.6, 0.5),
+        )
     ]
     # the product default with the negative contexts prefilled in bf16 (opt-in speed on native-bf16 hardware)
     out += [
