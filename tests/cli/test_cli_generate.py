@@ -399,4 +399,4 @@ def test_none_on_the_command_line_switches_an_optional_field_off():
     cfg = make_config(fields)
     assert cfg.spelling_min_p is None and cfg.alpha is None
     _, fields = split_settings(parser.parse_args([]), {"alpha": 0.1})  # nothing given: the file's value
-    assert make_config(fields).alpha == 0.1 and make_config(fields).spelling_min_p == 0.2
+    assert make_config(fields).alpha == 0.1 and make_config(fields).spelling_min_p == 0.5

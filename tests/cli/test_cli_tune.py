@@ -85,7 +85,7 @@ def test_tune_on_tiny_model_writes_recipe_generate_loads_and_resumes(
         and recipe["prompt"] == "Write a question:"
     )
     assert recipe["config"]["negatives_from"] == "synthetic"  # the draw it was measured with, pinned
-    assert recipe["config"]["spelling_min_p"] == 0.2  # and the spelling floor
+    assert recipe["config"]["spelling_min_p"] == 0.5  # and the spelling floor
     synth = tmp_path / "synth.jsonl"
     assert (
         main(

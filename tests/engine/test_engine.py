@@ -211,7 +211,7 @@ def test_engine_negatives_from_synthetic_and_fingerprint(tiny_tok):
 
 def test_spelling_floor_is_a_default_that_names_itself():
     cfg = SteerConfig()
-    assert cfg.spelling_min_p == 0.2 == SteerConfig.preset("steer").spelling_min_p
+    assert cfg.spelling_min_p == 0.5 == SteerConfig.preset("steer").spelling_min_p
     assert SteerConfig.preset("paper").spelling_min_p is None
     # off, it hashes as before the field existed (files made then resume); on, it is another setting
     before = hash_without(cfg, "spelling_min_p", "share_negatives")

@@ -9,7 +9,16 @@ from steer_plugins.core.combine import continuation_tokens
 
 def test_word_continuations_keep_the_experts_probabilities(tiny_engine, tiny_tok):
     prompt = "the negatives"
-    kw = dict(seed=3, gamma=0.5, eta=4.0, alpha=None, max_new_tokens=12, ignore_eos=True, add_to_pool=False)
+    kw = dict(
+        seed=3,
+        gamma=0.5,
+        eta=4.0,
+        alpha=None,
+        spelling_min_p=None,
+        max_new_tokens=12,
+        ignore_eos=True,
+        add_to_pool=False,
+    )
     guarded = tiny_engine.generate([prompt], return_scores=True, whole_words=True, **kw)[0]
     plain = tiny_engine.generate([prompt], return_scores=True, whole_words=False, **kw)[0]
     flags = continuation_tokens(tiny_tok, guarded.scores[0].shape[-1])
