@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.config import DEFAULT_ALPHA, DEFAULT_ETA, DEFAULT_GAMMA
 from .eval.metrics import higher_is_better
 
 __all__ = [
@@ -70,9 +71,9 @@ __all__ = [
 
 RECIPE_NAME = "steer_tuned.json"
 """The tuned config file: `steer generate --config <out>/steer_tuned.json --n 500 --out synth.jsonl`."""
-DEFAULT_GAMMAS = (0.2,)
-DEFAULT_ETAS = (0.6, 0.8, 1.0)
-DEFAULT_ALPHAS: tuple[float | None, ...] = (0.05, 0.1)
+DEFAULT_GAMMAS = (DEFAULT_GAMMA,)
+DEFAULT_ETAS = (DEFAULT_ETA, 0.8, 1.0)
+DEFAULT_ALPHAS: tuple[float | None, ...] = (DEFAULT_ALPHA, 0.1)
 """The default grid: 6 settings around the product default (γ 0.2, η 0.6, α 0.05, whole words, the
 spelling floor), which is tried first; refinement moves γ and η by 0.2. Without the head mask, η >= 0.8
 collapses into invented words (the quality study); `--alphas none,0.05` adds unmasked settings."""
