@@ -280,6 +280,11 @@ def main() -> None:
         help="also run the engine with the base and negative rows' KV cache in bf16 (opt-in)",
     )
     ap.add_argument(
+        "--known-words-off",
+        action="store_true",
+        help="also run the engine without the known-words guard (what the guard's Python check costs)",
+    )
+    ap.add_argument(
         "--skip", nargs="*", default=[], help="skip configurations whose name contains these words"
     )
     ap.add_argument(
@@ -309,6 +314,10 @@ def main() -> None:
         fast = SteerEngine(expert, tokenizer=tok, config=SteerConfig(**cfg))
         fast.models.negative_prefill_dtype = torch.bfloat16
         engines["STEER engine, bf16 negative prefill (opt-in)"] = fast
+    if args.known_words_off:
+        engines["STEER engine, known_words off"] = SteerEngine(
+            expert, tokenizer=tok, config=SteerConfig(**cfg, known_words=False)
+        )
     if args.kernel_baselines:
         engines["STEER engine, PyTorch's default kernels (fast_linear=False)"] = SteerEngine(
             expert, tokenizer=tok, config=SteerConfig(**cfg), fast_linear=False

@@ -153,6 +153,24 @@ def methods() -> list[tuple[str, str, dict]]:
             (0.2, 0.6, 0.5),
         )
     ]
+    # the spelling floor's default with known words (`known_words`): every word a steered row writes is
+    # English (wordfreq) or a word of the train split or the prompt
+    out += [
+        (
+            f"γ{g:g} η{e:g} α0.05 words, synthetic negatives, spelling 0.5, known words",
+            "expert",
+            steer(
+                g,
+                e,
+                alpha=0.05,
+                whole_words=True,
+                negatives_from="synthetic",
+                spelling_min_p=0.5,
+                known_words=True,
+            ),
+        )
+        for g, e in ((0.2, 0.6), (0.2, 0.8))
+    ]
     # the product default with the negative contexts prefilled in bf16 (opt-in speed on native-bf16 hardware)
     out += [
         (

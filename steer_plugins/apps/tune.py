@@ -336,10 +336,14 @@ def _write_outputs(
     winner_name = best_setting({k: v for k, v in rows.items() if k != ANCHOR}, run.budget)
     winner = next((s for s in tried if s.name == winner_name), None)
     chosen = winner.overrides() if winner else dict(ANCHOR_OVERRIDES)
-    # the draw and the spelling floor the settings were measured with, so a later change of a default
-    # does not change the recipe
+    # the draw, the spelling floor and the known-words guard the settings were measured with, so a
+    # later change of a default does not change the recipe
     engine_cfg = run.engine.config
-    drawn = {"negatives_from": engine_cfg.negatives_from, "spelling_min_p": engine_cfg.spelling_min_p}
+    drawn = {
+        "negatives_from": engine_cfg.negatives_from,
+        "spelling_min_p": engine_cfg.spelling_min_p,
+        "known_words": engine_cfg.known_words,
+    }
     recipe = {**settings, "config": {**drawn, **settings.get("config", {}), **chosen}}
     recipe_path = run.out / RECIPE_NAME
     recipe_path.write_text(json.dumps(recipe, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

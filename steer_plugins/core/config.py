@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_WHOLE_WORDS",
     "DEFAULT_SPELLING_MIN_P",
+    "DEFAULT_KNOWN_WORDS",
     "DEFAULT_NEGATIVES_FROM",
     "DEFAULT_NUM_NEGATIVES",
     "DEFAULT_TOP_K",
@@ -56,6 +57,7 @@ DEFAULT_ETA = 0.6
 DEFAULT_ALPHA = 0.05
 DEFAULT_WHOLE_WORDS = True
 DEFAULT_SPELLING_MIN_P = 0.5
+DEFAULT_KNOWN_WORDS = True
 DEFAULT_NEGATIVES_FROM: Literal["pool", "synthetic"] = "synthetic"
 DEFAULT_NUM_NEGATIVES = 10
 DEFAULT_TOP_K = 10
@@ -130,6 +132,13 @@ class SteerConfig(BaseModel):
         "share of its most likely token's probability, so the expert spells with its confident pieces. "
         "Invented words are mostly spelled with a piece outside the expert's top two, real words almost "
         "never (docs/quality.md). None = the sampler's top-k alone. Like alpha, it guards steering only.",
+    )
+    known_words: bool = Field(
+        DEFAULT_KNOWN_WORDS,
+        description="A steered row writes only known words: English (wordfreq's list, as the invented-word "
+        "rate uses) or words of the pool's real examples and the prompt; every word it finishes must be one "
+        "and the word it is in must start one (steer_plugins.core.lexicon). Needs wordfreq. Like alpha, it "
+        "guards steering only.",
     )
     temperature: float = Field(1.0, description="Sampling temperature; 0 = greedy.")
     top_k: int | None = Field(DEFAULT_TOP_K, description="Keep the k best tokens; None = off.")
@@ -274,6 +283,7 @@ ADDED_FIELDS_OFF: dict[str, Any] = {
     "share_negatives": False,
     "negatives_from": "pool",
     "spelling_min_p": None,
+    "known_words": False,
 }
 
 
@@ -304,6 +314,7 @@ register_preset(
     alpha=DEFAULT_ALPHA,
     whole_words=DEFAULT_WHOLE_WORDS,
     spelling_min_p=DEFAULT_SPELLING_MIN_P,
+    known_words=DEFAULT_KNOWN_WORDS,
     negatives_from=DEFAULT_NEGATIVES_FROM,
     form="paper",
 )
@@ -317,6 +328,7 @@ register_preset(
     alpha=None,
     whole_words=False,
     spelling_min_p=None,
+    known_words=False,
     top_k=10,
     top_p=None,
     min_p=None,

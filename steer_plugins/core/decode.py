@@ -21,6 +21,7 @@ from .config import BranchWeights
 from .constraints import Constraint, apply_constraints, parsed_output
 from .jobs import PromptJob
 from .kv_cache import kv_elements_per_token
+from .lexicon import WordGuard, guard_bias
 from .results import SteerResult, StreamEvent
 from .rows import RowBatch, UnmergeableCache
 from .sampling import Sampler, make_sampler
@@ -203,6 +204,7 @@ class _StepPlan:
     spelling_min_p: torch.Tensor | None  # (prompts,) NaN = off, with whole_words
     samplers: list[tuple[Sampler, torch.Tensor, list[int]]]
     constrained: list[tuple[int, Constraint]]  # (position, constraint) of constrained prompts
+    guarded: list[tuple[int, WordGuard]]  # (position, word guard) of steered `known_words` prompts
 
 
 class Decoder:
@@ -343,8 +345,26 @@ class Decoder:
             for p, j in enumerate(active)
             if self._states[j].job.constraint is not None
         ]
+        plain = (weights[:, 0] == 1) & ((weights != 0).sum(-1) == 1)  # combine's rule: nothing steered
+        guarded = [
+            (p, self._states[j].job.guard)
+            for p, j in enumerate(active)
+            # a grammar spells its own keys and values: constrained rows are left to it
+            if self._states[j].job.guard is not None
+            and self._states[j].job.constraint is None
+            and not bool(plain[p])
+        ]
         self._plan = _StepPlan(
-            active, idx, weights, alpha, whole_words, head_top_k, spelling_min_p, samplers, constrained
+            active,
+            idx,
+            weights,
+            alpha,
+            whole_words,
+            head_top_k,
+            spelling_min_p,
+            samplers,
+            constrained,
+            guarded,
         )
         return self._plan
 
@@ -353,6 +373,10 @@ class Decoder:
         # unchanged by a constant per row (the sum is renormalised, α compares with the head's max).
         outs = self._outputs
         branch_lp = (outs[0] if len(outs) == 1 else torch.cat(outs))[plan.idx]  # (prompts, branches, vocab)
+        if plan.guarded:  # known words: before the branches combine, so floors measure from allowed tokens
+            pos = torch.tensor([p for p, _ in plan.guarded], device=branch_lp.device)
+            head = branch_lp[pos, 0]
+            branch_lp[pos, 0] = head + guard_bias(head, [g for _, g in plan.guarded]).to(head.dtype)
         words = plan.whole_words
         continuation = self._continuation(branch_lp.shape[-1]) if words is not None else None
         scores = combine(
@@ -405,6 +429,8 @@ class Decoder:
         """Set `st.finish` if the prompt ends at this token; return the text delta to emit."""
         if st.job.constraint is not None:
             st.job.constraint.advance(tok)
+        if st.job.guard is not None:
+            st.job.guard.advance(tok)
         if tok in st.job.stop_token_ids:
             st.finish = "stop"
             return st.tracker.flush()

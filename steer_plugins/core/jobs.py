@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from .config import SteerConfig
 from .constraints import Constraint
 from .grammar import Grammar
+from .lexicon import WordGuard, known_words_for, token_texts
 from .negatives import NegativeContext, NegativePool, fit_negatives
 
 __all__ = ["PromptJob", "TokenContext", "draw_negatives", "negative_contexts", "prepare_job"]
@@ -35,6 +36,7 @@ class PromptJob:
     index: int = 0  # position in the caller's request
     base_prompt_ids: list[int] | None = None  # the base branch's own prompt (prompted experts)
     constraint: Constraint | None = None  # per-prompt grammar/regex/choices state (constraints.py)
+    guard: WordGuard | None = None  # per-prompt word state with `known_words` (lexicon.py)
 
 
 @dataclass(frozen=True)
@@ -145,4 +147,15 @@ def prepare_job(
         return_scores=return_scores,
         index=index,
         constraint=state,
+        guard=word_guard(tokens.tokenizer, config, pool, prompt),
     )
+
+
+def word_guard(
+    tokenizer: Callable, config: SteerConfig, pool: NegativePool | None, prompt: str
+) -> WordGuard | None:
+    """A fresh `WordGuard` when `config.known_words` is on and something is steered (γ or η > 0);
+    the decoder leaves it off for rows that still sample the expert as it is (no negatives)."""
+    if not config.known_words or (config.gamma == 0 and config.eta == 0):
+        return None
+    return WordGuard(known_words_for(pool, prompt), token_texts(tokenizer))

@@ -20,7 +20,8 @@ from transformers import LogitsProcessor
 
 from .combine import cached_continuation_tokens, combine, guard_non_finite
 from .decode import head_weight
-from .jobs import draw_negatives, negative_contexts
+from .jobs import draw_negatives, negative_contexts, word_guard
+from .lexicon import WordGuard, guard_bias
 from .rows import RowBatch
 
 __all__ = ["SteerLogitsProcessor"]
@@ -55,6 +56,8 @@ class SteerLogitsProcessor(LogitsProcessor):
         contexts, self.fit = negative_contexts(engine.token_context, drawn, config, budget)
         self.negative_ids = contexts[0] if contexts else []
         self.prompt_attention_mask = prompt_attention_mask
+        self._pool = engine.pool
+        self._guards: list[WordGuard] = []
         self.fallback_steps = 0
         self._base: RowBatch | None = None
         self._neg: RowBatch | None = None
@@ -82,14 +85,27 @@ class SteerLogitsProcessor(LogitsProcessor):
             neg_lp = self._neg.prefill([self.negative_ids] * input_ids.shape[0])
         return base_lp, neg_lp
 
+    def _start_guards(self, input_ids: torch.LongTensor) -> None:
+        """Known words: one word state per row (each prompt's words count as known)."""
+        texts = self.models.tokenizer.batch_decode(self._contexts(input_ids), skip_special_tokens=True)
+        guards = [word_guard(self.models.tokenizer, self.config, self._pool, t) for t in texts]
+        self._guards = [g for g in guards if g is not None]
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         head = scores.float().log_softmax(-1)
         if not self._started:
             base_lp, neg_lp = self._start(input_ids)
+            head_w = head_weight(self.weights, fold_base=self.models.base is self.models.expert)
+            if base_lp is not None or neg_lp is not None or head_w != 1:  # steered (combine's rule)
+                self._start_guards(input_ids)
         else:
             last = input_ids[:, -1]
             base_lp = self._base.step(last) if self._base is not None else None
             neg_lp = self._neg.step(last) if self._neg is not None else None
+            for guard, tok in zip(self._guards, last.tolist(), strict=False):
+                guard.advance(tok)
+        if self._guards:  # before the branches combine, as in the decoder
+            head = head + guard_bias(head, self._guards)
         head_w = head_weight(self.weights, fold_base=self.models.base is self.models.expert)
         branches, weights = [head], [head_w]
         if base_lp is not None:

@@ -86,6 +86,7 @@ def test_tune_on_tiny_model_writes_recipe_generate_loads_and_resumes(
     )
     assert recipe["config"]["negatives_from"] == "synthetic"  # the draw it was measured with, pinned
     assert recipe["config"]["spelling_min_p"] == 0.5  # and the spelling floor
+    assert recipe["config"]["known_words"] is True  # and the known-words guard
     synth = tmp_path / "synth.jsonl"
     assert (
         main(

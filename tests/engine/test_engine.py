@@ -205,8 +205,9 @@ def test_engine_negatives_from_synthetic_and_fingerprint(tiny_tok):
     assert cfg.negatives_from == "synthetic" == SteerConfig.preset("steer").negatives_from
     assert SteerConfig.preset("paper").negatives_from == "pool"
     # the paper's draw hashes as it did before the field existed, so files made then still resume
-    before = hash_without(cfg, "negatives_from", "share_negatives")
-    assert cfg.merged(negatives_from="pool").fingerprint() == before != cfg.fingerprint()
+    before = hash_without(cfg, "negatives_from", "share_negatives", "known_words")
+    old = cfg.merged(negatives_from="pool", known_words=False)
+    assert old.fingerprint() == before != cfg.merged(known_words=False).fingerprint()
 
 
 def test_spelling_floor_is_a_default_that_names_itself():
@@ -214,10 +215,21 @@ def test_spelling_floor_is_a_default_that_names_itself():
     assert cfg.spelling_min_p == 0.5 == SteerConfig.preset("steer").spelling_min_p
     assert SteerConfig.preset("paper").spelling_min_p is None
     # off, it hashes as before the field existed (files made then resume); on, it is another setting
-    before = hash_without(cfg, "spelling_min_p", "share_negatives")
-    assert cfg.merged(spelling_min_p=None).fingerprint() == before != cfg.fingerprint()
+    before = hash_without(cfg, "spelling_min_p", "share_negatives", "known_words")
+    old = cfg.merged(spelling_min_p=None, known_words=False)
+    assert old.fingerprint() == before != cfg.merged(known_words=False).fingerprint()
     with pytest.raises(ValueError, match=r"spelling_min_p.*\(0, 1\]"):
         SteerConfig(spelling_min_p=1.5)
+
+
+def test_known_words_are_a_default_that_hashes_as_before_while_off():
+    assert SteerConfig().known_words is True is SteerConfig.preset("steer").known_words
+    assert SteerConfig.preset("paper").known_words is False
+    cfg = SteerConfig(known_words=False)
+    before = hash_without(cfg, "share_negatives", "known_words")
+    assert cfg.fingerprint() == before != cfg.merged(known_words=True).fingerprint()
+    with pytest.raises(ValueError, match="known_words"):
+        SteerConfig(known_words="sometimes")
 
 
 def test_negative_budget_drops_whole_examples(tiny_engine):
@@ -264,9 +276,12 @@ def test_unusable_scores_fall_back_to_expert_and_are_flagged(tiny_tok):
     engine = SteerEngine(
         tiny_model("llama", tiny_tok, seed=1), base, tiny_tok, config=SteerConfig(max_new_tokens=5, eta=0.0)
     )
-    r = engine.generate(["Does dark matter"], return_scores=True, seed=1)[0]
+    r = engine.generate(["Does dark matter"], return_scores=True, seed=1, known_words=False)[0]
     assert r.fallback_steps == 5 and "fell back" in r.warnings[0]
     assert torch.isfinite(r.scores).all()
+    # with known words the fallback is the expert among the allowed tokens: the promise holds
+    guarded = engine.generate(["Does dark matter"], return_scores=True, seed=1)[0]
+    assert guarded.fallback_steps == 5 and torch.isinf(guarded.scores).any(-1).all()
     engine.close()
 
 
@@ -467,6 +482,6 @@ def test_share_negatives_draws_once_per_call_and_prefills_that_context_once(tiny
         torch.testing.assert_close(a.scores, b.scores)
     engine.close()
 
-    cfg = SteerConfig(negatives_from="pool")
-    before = hash_without(cfg, "share_negatives", "negatives_from")
+    cfg = SteerConfig(negatives_from="pool", known_words=False)
+    before = hash_without(cfg, "share_negatives", "negatives_from", "known_words")
     assert cfg.fingerprint() == before != cfg.merged(share_negatives=True).fingerprint()

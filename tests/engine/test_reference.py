@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from transformers import UnbatchedClassifierFreeGuidanceLogitsProcessor
@@ -54,6 +56,9 @@ def naive_scores(
             s = s + (w.negative / len(neg_ctxs)) * last_logprobs(expert, ctx + gen)
         head = last_logprobs(expert, p_ids + gen)
         steered = not (w.base == 0 and (w.negative == 0 or not neg_ctxs) and w.expert == 1)
+        if cfg.known_words and steered:
+            bias = naive_word_bias(tok, prompt, gen, head)
+            head, s = (head + bias).log_softmax(-1), s + bias  # the expert's share: among allowed tokens
         if cfg.whole_words and steered:  # the expert spells (its top-k), the steered scores pick new words
             names = tok.convert_ids_to_tokens(list(range(len(head))))
             goes_on = torch.tensor([n[0] not in "ĠĊĉ▁" and n[0].isalnum() for n in names])
@@ -67,6 +72,31 @@ def naive_scores(
             s = s.masked_fill(head < head.max() + torch.log(torch.tensor(cfg.alpha)), float("-inf"))
         rows.append(s.log_softmax(-1))
     return torch.stack(rows)
+
+
+def naive_word_bias(tok, prompt: str, gen: list[int], head: torch.Tensor) -> torch.Tensor:
+    """Known words, from the decoded text with a regex: 0 on the head's 64 best tokens after which
+    every word finished this step is known and the word written into is a known word's start."""
+    from steer_plugins.core.lexicon import english_words
+
+    english = english_words()
+    prompt_words = set(re.findall(r"[^\W\d_]+", prompt.lower()))
+    is_word = lambda w: len(w) < 2 or w in prompt_words or english.is_word(w)  # noqa: E731
+    is_start = lambda w: len(w) < 2 or any(p.startswith(w) for p in prompt_words) or english.is_prefix(w)  # noqa: E731
+    # token by token: a character split across byte-level tokens is U+FFFD per piece, a word break
+    before = "".join(tok.decode([t]) for t in gen if t not in tok.all_special_ids)
+    word_at = len(before) - len(re.search(r"[^\W\d_]*$", before).group())  # where the open word starts
+    bias = torch.full_like(head, float("-inf"))
+    for c in head.topk(64).indices.tolist():
+        after = before if c in tok.all_special_ids else before + tok.decode([c])
+        runs = [m for m in re.finditer(r"[^\W\d_]+", after.lower()) if m.end() > word_at]
+        ok = all(is_word(m.group()) for m in runs if m.end() < len(after) or c in tok.all_special_ids)
+        last = runs[-1] if runs else None
+        if last is not None and last.end() == len(after) and c not in tok.all_special_ids:
+            ok = ok and is_start(last.group())
+        if ok:
+            bias[c] = 0.0
+    return bias if torch.isfinite(bias).any() else torch.zeros_like(head)
 
 
 def assert_close_finite(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -87,6 +117,9 @@ def assert_close_finite(a: torch.Tensor, b: torch.Tensor) -> None:
         {"spelling_min_p": None},
         {"alpha": None, "whole_words": False},  # the paper's rule
         {"gamma": 0.0, "eta": 0.0},  # plain sampling: the guards stay off
+        {"known_words": True},
+        {"known_words": True, "alpha": None, "whole_words": False},
+        {"known_words": True, "gamma": 0.0, "eta": 0.0},
     ],
 )
 def test_batch_of_one_matches_naive_reference(tiny_pair_models, overrides):

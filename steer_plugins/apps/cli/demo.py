@@ -68,6 +68,8 @@ def _describe(config: Any) -> str:
         parts.append("whole words")
         if config.spelling_min_p is not None:
             parts.append(f"spelling min-p {config.spelling_min_p:g}")
+    if config.known_words:
+        parts.append("known words")
     return ", ".join(parts)
 
 
