@@ -258,6 +258,12 @@ def test_whole_words_expert_spells_steering_picks_new_words():
     )
     # only with whole words: the paper's rule steers every token and keeps "nova" for row 1
     assert torch.isfinite(combine(branches, w, spelling_min_p=0.25)[1, 1])
+    # no word start left at all (known words allow only the piece "nova"): the word goes on, no NaN
+    only_piece = branches.clone()
+    only_piece[:, 0, starts] = float("-inf")
+    forced = combine(only_piece, w, continuation=continuation, whole_words=True, alpha=0.05)
+    assert not forced.isnan().any() and (forced.argmax(-1) == 1).all()
+    assert torch.isneginf(forced[:, starts]).all()
 
 
 def test_continuation_tokens_read_the_space_markers(tiny_tok):

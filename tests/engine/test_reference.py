@@ -66,7 +66,9 @@ def naive_scores(
             in_top_k = head >= head.topk(cfg.top_k or len(head)).values[-1]
             if cfg.spelling_min_p is not None:  # and no rarer than min_p x the head's best token
                 in_top_k &= head.exp() >= cfg.spelling_min_p * head.exp().max()
-            new = torch.where(goes_on, float("-inf"), s).softmax(-1) * p_new
+            new = (torch.where(goes_on, float("-inf"), s).softmax(-1) * p_new).nan_to_num(
+                nan=0.0
+            )  # no start left
             s = torch.where(goes_on, torch.where(in_top_k, head.exp(), 0.0), new).log()
         if cfg.alpha is not None and steered:
             s = s.masked_fill(head < head.max() + torch.log(torch.tensor(cfg.alpha)), float("-inf"))
@@ -184,7 +186,9 @@ def test_cfg_form_equals_transformers_unbatched_cfg(tiny_pair_models):
         expert,
         base,
         tok,
-        config=SteerConfig(form="cfg", gamma=0.0, eta=eta, max_new_tokens=6, alpha=None, whole_words=False),
+        config=SteerConfig(
+            form="cfg", gamma=0.0, eta=eta, max_new_tokens=6, alpha=None, whole_words=False, known_words=False
+        ),
     )
     neg = "The quick brown fox jumps over the lazy dog."
     r = engine.generate([PROMPTS[0]], negatives=[[neg]], return_scores=True, seed=2)[0]
@@ -297,7 +301,9 @@ def test_base_prompts_give_the_base_branch_its_own_context(tiny_tok, lora):
     """The prompted expert: the same weights, expert branch with examples in context, base without."""
     model = tiny_model("llama", tiny_tok, seed=2)
     expert = tiny_lora_expert(model, seed=5) if lora else model
-    cfg = SteerConfig(max_new_tokens=6, gamma=0.5, alpha=None, whole_words=False)  # the rule alone
+    cfg = SteerConfig(
+        max_new_tokens=6, gamma=0.5, alpha=None, whole_words=False, known_words=False
+    )  # the rule alone
     engine = SteerEngine(expert, tokenizer=tiny_tok, config=cfg)
     in_context = (
         "Does dark matter shape galaxies? Is the Hubble tension real? Write a question about astronomy:"

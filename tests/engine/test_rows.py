@@ -47,7 +47,7 @@ def test_engine_on_device_matches_no_cache_reference(tiny_tok, device, peft_mode
     against every branch recomputed from scratch at every step."""
     expert = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=2), seed=5).to(device)
     # the paper's rule (no guards): this checks the rows, caches and attention, not the guards
-    cfg = SteerConfig(max_new_tokens=6, gamma=0.5, eta=0.8, alpha=None, whole_words=False)
+    cfg = SteerConfig(max_new_tokens=6, gamma=0.5, eta=0.8, alpha=None, whole_words=False, known_words=False)
     engine = SteerEngine(expert, tokenizer=tiny_tok, config=cfg, peft_mode=peft_mode)
     prompts, negs = [TEXTS[2], TEXTS[4]], [[TEXTS[3], "x y z"], ["Is it?"]]
     results = engine.generate(prompts, negatives=negs, return_scores=True, seed=4)

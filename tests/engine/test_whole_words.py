@@ -15,6 +15,7 @@ def test_word_continuations_keep_the_experts_probabilities(tiny_engine, tiny_tok
         eta=4.0,
         alpha=None,
         spelling_min_p=None,
+        known_words=False,
         max_new_tokens=12,
         ignore_eos=True,
         add_to_pool=False,
