@@ -185,10 +185,15 @@ def _whole_words(
     starts = (scores + off_starts).log_softmax(-1)
     floor = _spelling_floor(head, head_top_k, spelling_min_p)  # (rows, 1): the least likely piece allowed
     spelled = head if floor is None else head.masked_fill(head < floor, float("-inf"))
-    # each position is finite on one side only (a piece, or a word start), so the max picks that side;
-    # `fmax` skips the NaN side of a row with no word start left at all (`known_words` can leave only
-    # pieces: "microl" goes on as "ensing"), where the starts' log-softmax is NaN
-    mixed = torch.fmax(spelled + off_pieces, start_mass + starts)
+    # each position is finite on one side only (a piece, or a word start), so the max picks that side
+    pieces = spelled + off_pieces
+    mixed = torch.maximum(pieces, start_mass + starts)
+    # a row with no word start left at all (`known_words` can leave only pieces: "microl" goes on as
+    # "ensing") has a NaN start side (log-softmax of nothing): it takes the pieces. NaN scores from a
+    # broken branch still reach `guard_non_finite`, which falls back for that row.
+    none = torch.isneginf(start_mass).squeeze(-1)
+    if bool(none.any()):
+        mixed[none] = pieces[none]
     if torch.is_tensor(rows):
         if bool(rows.all()):
             return mixed
