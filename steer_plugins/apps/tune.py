@@ -72,7 +72,7 @@ __all__ = [
 RECIPE_NAME = "steer_tuned.json"
 """The tuned config file: `steer generate --config <out>/steer_tuned.json --n 500 --out synth.jsonl`."""
 DEFAULT_GAMMAS = (DEFAULT_GAMMA,)
-DEFAULT_ETAS = (DEFAULT_ETA, 0.8, 1.0)
+DEFAULT_ETAS = tuple(sorted({0.6, DEFAULT_ETA, 1.0}))  # around the default: (0.6, 0.8, 1.0)
 DEFAULT_ALPHAS: tuple[float | None, ...] = (DEFAULT_ALPHA, 0.1)
 """The default grid: 6 settings around the product default (γ 0.2, η 0.6, α 0.05, whole words, the
 spelling floor), which is tried first; refinement moves γ and η by 0.2. Without the head mask, η >= 0.8

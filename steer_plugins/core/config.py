@@ -8,17 +8,17 @@ The decoding rule (STEER, arXiv 2308.07645) per token, with log-probs ℓ:
 Both are weighted sums of branch log-probs; `branch_weights` produces the weights and
 `steer_plugins.core.combine.combine` applies them. Presets (`SteerConfig.preset(name)`) only set fields.
 
-**Defaults are not the paper's.** The product default is γ 0.2, η 0.6, head mask α 0.05,
+**Defaults are not the paper's.** The product default is γ 0.2, η 0.8, head mask α 0.05,
 `whole_words` (steering picks words, the expert spells them) with the spelling floor
-`spelling_min_p` 0.5 (the expert spells only with pieces at least half as likely as its best token), and
-`negatives_from="synthetic"` (negatives are the run's own outputs, topped up with real examples while
-fewer than K exist). In the quality study (docs/quality.md, n = 200, 3 seeds) the paper's γ 0.2 η 0.6
-invented 8.8 % of its words against 0.5 % for plain sampling; this setting invents 0.79 % and is
-1.14x more diverse than plain (normalised 3-grams 0.824 against 0.720), with its centroid cosine to
-the real data (0.778) inside plain's interval [0.775, 0.809]: the most diverse STEER setting measured
-that meets the whole fidelity rule (session 11; η 0.5 with a 0.2 floor before it). With real
-negatives (the paper's pool) the guards at γ 0.2 η 0.4 already lose centroid cosine (0.764): they
-push away from the data the output should resemble.
+`spelling_min_p` 0.5 (the expert spells only with pieces at least half as likely as its best token),
+`known_words` (a steered row writes only words of wordfreq's English list, the pool's real examples
+or the prompt; `steer_plugins.core.lexicon`), and `negatives_from="synthetic"` (negatives are the
+run's own outputs, topped up with real examples while fewer than K exist). In the quality study
+(docs/quality.md, n = 200, 3 seeds) the paper's γ 0.2 η 0.6 invented 8.8 % of its words against
+0.5 % for plain sampling; this setting is the most diverse STEER setting measured that meets the
+whole fidelity rule (session 12; numbers in docs/quality.md). With real negatives (the paper's pool)
+the guards at γ 0.2 η 0.4 already lose centroid cosine (0.764): they push away from the data the
+output should resemble.
 `SteerConfig.preset("paper")` is the paper's exact rule, for reproductions.
 """
 
@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 DEFAULT_GAMMA = 0.2
-DEFAULT_ETA = 0.6
+DEFAULT_ETA = 0.8
 DEFAULT_ALPHA = 0.05
 DEFAULT_WHOLE_WORDS = True
 DEFAULT_SPELLING_MIN_P = 0.5

@@ -5,7 +5,7 @@ spells on from there into a word no one uses ("magnetospherical", "Seyfren"). A 
 the expert's pieces cannot stop it when the right piece is itself rare in that context (the expert
 gives "ert" of "Seyfert" 0.024 times its best piece). A lexicon can: with `known_words`, a steered
 row may only take a token after which every word it has finished is a known word and the word it
-is in is the start of one. Known words are wordfreq's English list (the list the invented-word rate
+is in is the start of one, and never writes the same word twice in a row (`WordGuard`). Known words are wordfreq's English list (the list the invented-word rate
 of `steer evaluate` uses) and the words of the real examples and the prompt, so domain terms the
 list lacks stay allowed.
 
@@ -189,8 +189,12 @@ def token_texts(tokenizer: Any) -> list[str]:
 
 
 class WordGuard:
-    """One steered prompt's word state: the letters of the word it is in, and which tokens keep
-    every word known.
+    """One steered prompt's word state: the letters of the word it is in and the last word it
+    finished, and which tokens keep every word known and no word repeated.
+
+    Besides known words it refuses the same word twice in a row ("deficit deficit"): contrastive
+    scores can fall into that loop (once a row repeats, every branch predicts the repeat), and one
+    such row of 48 repeated tokens is a sixth of a 48-row sample's 3-grams.
 
     Args:
         known: the known words.
@@ -199,23 +203,37 @@ class WordGuard:
 
     def __init__(self, known: KnownWords, texts: Sequence[str]) -> None:
         self.known, self.texts = known, texts
-        self.word = ""
+        self.word = ""  # the word in progress ("" between words)
+        self.last = ""  # the last word finished
 
     def allows(self, token_id: int) -> bool:
-        """True when taking `token_id` finishes only known words and leaves a known word's start."""
+        """True when taking `token_id` finishes only known words, leaves a known word's start, and
+        does not write the last finished word again as the next word."""
         if token_id >= len(self.texts):  # logits past the tokenizer's vocabulary: no text
             return False
-        return self.known.takes(self.word, self.texts[token_id])
+        text = self.texts[token_id]
+        return self.known.takes(self.word, text) and not (self.last and self._repeats(text))
+
+    def _repeats(self, text: str) -> bool:
+        """True when the next word (the one in progress, or the first the text writes) would be the
+        last finished word again, finished or still open."""
+        cur = self.word
+        for ch in text:
+            if ch.isalpha():
+                cur += ch.lower()
+            elif cur:
+                return cur == self.last
+        return cur == self.last
 
     def advance(self, token_id: int) -> None:
         """Take `token_id`: the word state moves past its text."""
         text = self.texts[token_id] if token_id < len(self.texts) else ""
-        if not text:
-            self.word = ""
-            return
         cur = self.word
-        for ch in text:
-            cur = cur + ch.lower() if ch.isalpha() else ""
+        for ch in text or " ":  # EOS or a special token finishes the word in progress
+            if ch.isalpha():
+                cur += ch.lower()
+            elif cur:
+                self.last, cur = cur, ""
         self.word = cur
 
     def allowed(self, candidates: Sequence[int]) -> list[int]:

@@ -71,6 +71,23 @@ def test_word_guard_spells_into_known_words_and_ends_only_finished_ones():
     assert guard.allowed([2, 7, 8]) == [7]
 
 
+def test_word_guard_never_writes_the_same_word_twice_in_a_row():
+    texts = [" deficit", " def", "icit", " deficits", ",", " the", "", " a"]
+    guard = WordGuard(KnownWords(["deficit", "deficits", "the"]), texts)
+    guard.advance(0)
+    assert guard.last == "" and guard.word == "deficit"  # not finished yet: "deficits" may follow
+    assert guard.allows(4) and guard.allows(5)
+    guard.advance(4)
+    assert guard.last == "deficit" and guard.word == ""
+    assert not guard.allows(0) and guard.allows(1) and guard.allows(3)  # ", deficit" again: no
+    guard.advance(1)
+    assert not guard.allows(2)  # nor spelled in two pieces
+    guard = WordGuard(KnownWords(["deficit", "the"]), texts)
+    for t in (5, 6):  # EOS finishes the word in progress
+        guard.advance(t)
+    assert guard.last == "the" and not guard.allows(5) and guard.allows(7)
+
+
 def test_guard_bias_keeps_allowed_candidates_and_leaves_stuck_rows_alone():
     texts = ["star", "zzq", "?", " x"]
     known = KnownWords(["star"])
