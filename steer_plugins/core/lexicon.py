@@ -212,18 +212,20 @@ class WordGuard:
         if token_id >= len(self.texts):  # logits past the tokenizer's vocabulary: no text
             return False
         text = self.texts[token_id]
-        return self.known.takes(self.word, text) and not (self.last and self._repeats(text))
+        return self.known.takes(self.word, text) and not self._repeats(text)
 
     def _repeats(self, text: str) -> bool:
-        """True when the next word (the one in progress, or the first the text writes) would be the
-        last finished word again, finished or still open."""
-        cur = self.word
+        """True when taking `text` writes a word equal to the word finished just before it (the
+        word in progress counts once the text finishes it; an open word counts as written)."""
+        previous, cur = self.last, self.word
         for ch in text:
             if ch.isalpha():
                 cur += ch.lower()
             elif cur:
-                return cur == self.last
-        return cur == self.last
+                if cur == previous:
+                    return True
+                previous, cur = cur, ""
+        return bool(cur) and cur == previous
 
     def advance(self, token_id: int) -> None:
         """Take `token_id`: the word state moves past its text."""

@@ -76,7 +76,8 @@ def test_word_guard_never_writes_the_same_word_twice_in_a_row():
     guard = WordGuard(KnownWords(["deficit", "deficits", "the"]), texts)
     guard.advance(0)
     assert guard.last == "" and guard.word == "deficit"  # not finished yet: "deficits" may follow
-    assert guard.allows(4) and guard.allows(5)
+    assert guard.allows(4) and guard.allows(5) and guard.allows(2) is False  # "deficiticit": no word
+    assert not guard.allows(0)  # " deficit" finishes "deficit" and writes it again
     guard.advance(4)
     assert guard.last == "deficit" and guard.word == ""
     assert not guard.allows(0) and guard.allows(1) and guard.allows(3)  # ", deficit" again: no

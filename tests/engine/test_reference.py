@@ -89,13 +89,16 @@ def naive_word_bias(tok, prompt: str, gen: list[int], head: torch.Tensor) -> tor
     before = "".join(tok.decode([t]) for t in gen if t not in tok.all_special_ids)
     word_at = len(before) - len(re.search(r"[^\W\d_]*$", before).group())  # where the open word starts
     finished = re.findall(r"[^\W\d_]+", before[:word_at].lower())
-    previous = finished[-1] if finished else None  # never the same word twice in a row
+    before_words = finished[-1] if finished else None  # never the same word twice in a row
     bias = torch.full_like(head, float("-inf"))
     for c in head.topk(64).indices.tolist():
         after = before if c in tok.all_special_ids else before + tok.decode([c])
+        previous = before_words
         runs = [m for m in re.finditer(r"[^\W\d_]+", after.lower()) if m.end() > word_at]
         ok = all(is_word(m.group()) for m in runs if m.end() < len(after) or c in tok.all_special_ids)
-        ok = ok and not (runs and runs[0].group() == previous)
+        for m in runs:  # each word against the one before it
+            ok = ok and m.group() != previous
+            previous = m.group()
         last = runs[-1] if runs else None
         if last is not None and last.end() == len(after) and c not in tok.all_special_ids:
             ok = ok and is_start(last.group())
