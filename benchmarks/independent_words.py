@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         unknown = Counter(w for w in scored if w not in known)
         share = sum(unknown.values()) / max(len(scored), 1)
         common = ", ".join(f"{w} {c}" for w, c in unknown.most_common(args.show))
-        print(f"{name}: {sum(unknown.values())}/{len(scored)} words = {100 * share:.2f} % ({len(files)} files); {common}")
+        print(
+            f"{name}: {sum(unknown.values())}/{len(scored)} words = {100 * share:.2f} % ({len(files)} files); {common}"
+        )
     return 0
 
 
