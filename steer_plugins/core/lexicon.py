@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import re
 import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -131,6 +132,7 @@ def english_words() -> KnownWords:
     return KnownWords(get_frequency_dict("en", wordlist="large"))
 
 
+_LETTERS = re.compile(r"[^\W\d_]+")  # letter runs, as the invented-word rate splits words
 _KNOWN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pool -> {(num_real, prompt): KnownWords}
 _NO_POOL = type("_NoPool", (), {})()  # the key for "no pool" (weak keys need an object)
 
@@ -153,16 +155,8 @@ def known_words_for(pool: Any, prompt: str = "") -> KnownWords:
 
 
 def _letter_runs(texts: Sequence[str]) -> set[str]:
-    out: set[str] = set()
-    for text in texts:
-        run: list[str] = []
-        for ch in text.lower() + " ":
-            if ch.isalpha():
-                run.append(ch)
-            elif run:
-                out.add("".join(run))
-                run = []
-    return out
+    """Every lower-cased run of letters in `texts` (the words `KnownWords` keeps)."""
+    return {w for text in texts for w in _LETTERS.findall(text.lower())}
 
 
 _TEXTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> texts

@@ -50,6 +50,7 @@ class SteerLogitsProcessor(LogitsProcessor):
         self.models = engine.models
         self.pad_id = engine.pad_id
         self.weights = self.config.branch_weights()
+        self.head_w = head_weight(self.weights, fold_base=self.models.base is self.models.expert)
         drawn = draw_negatives(self.config, engine.pool, None, negatives)
         budget = min(self.config.negative_max_tokens or engine.context_window, engine.context_window)
         config = self.config.model_copy(update={"negative_form": "concat"})  # one shared context
@@ -95,8 +96,7 @@ class SteerLogitsProcessor(LogitsProcessor):
         head = scores.float().log_softmax(-1)
         if not self._started:
             base_lp, neg_lp = self._start(input_ids)
-            head_w = head_weight(self.weights, fold_base=self.models.base is self.models.expert)
-            if base_lp is not None or neg_lp is not None or head_w != 1:  # steered (combine's rule)
+            if base_lp is not None or neg_lp is not None or self.head_w != 1:  # steered (combine's rule)
                 self._start_guards(input_ids)
         else:
             last = input_ids[:, -1]
@@ -106,8 +106,7 @@ class SteerLogitsProcessor(LogitsProcessor):
                 guard.advance(tok)
         if self._guards:  # before the branches combine, as in the decoder
             head = head + guard_bias(head, self._guards)
-        head_w = head_weight(self.weights, fold_base=self.models.base is self.models.expert)
-        branches, weights = [head], [head_w]
+        branches, weights = [head], [self.head_w]
         if base_lp is not None:
             branches.append(base_lp.to(head.device))
             weights.append(self.weights.base)
