@@ -124,6 +124,7 @@ def _build_groups(
         "min_rows": min_rows,
         "new_tokens": max(j.config.max_new_tokens for j in jobs),
         "fast_linear": models.fast_linear,
+        "packed_linear": models.packed_linear,
     }
 
     def batch(model, rows: list[_Row], **kw) -> _Group:

@@ -145,6 +145,8 @@ class RowBatch:
             None picks it when `supports_row_attention(model)`.
         fast_linear: run the layers `kernels.install` converted with oneDNN in this batch's
             forwards (fp32; see `kernels.py`).
+        packed_linear: run them with pre-packed MKL weights in forwards of 8-64 rows (this batch's
+            decode steps; fp32; see `kernels.py`).
     """
 
     def __init__(
@@ -161,9 +163,11 @@ class RowBatch:
         new_tokens: int | None = None,
         row_attention: bool | None = None,
         fast_linear: bool = False,
+        packed_linear: bool = False,
     ) -> None:
         self.new_tokens = new_tokens
         self.fast_linear = fast_linear
+        self.packed_linear = packed_linear
         self.model = model
         self.min_rows = min_rows
         self.num_real = 0
@@ -217,9 +221,12 @@ class RowBatch:
         steer_kv: RowKVCache | None = None,
         dtype: torch.dtype | None = None,
         keep: torch.Tensor | None = None,
+        decode: bool = False,
     ) -> torch.Tensor:
         """One forward; returns the last position's `(rows, vocab)` logits in fp32 (with `keep`, the
-        logits at those positions of the single input row, `(len(keep), vocab)`: a packed prefill)."""
+        logits at those positions of the single input row, `(len(keep), vocab)`: a packed prefill).
+        `decode`: a decode step, the only forward that uses `packed_linear` (a prefill chunk's row
+        count would make the layers repack for it)."""
         kwargs = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": True}
         if steer_kv is not None:
             kwargs.update({self._cache_kw: steer_kv, "attention_mask": None})
@@ -235,7 +242,7 @@ class RowBatch:
             kwargs["adapter_names"] = names
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode())
-            stack.enter_context(kernels.enabled(self.fast_linear))
+            stack.enter_context(kernels.enabled(self.fast_linear, decode and self.packed_linear))
             if base_only:
                 stack.enter_context(self.model.disable_adapter())
             if steer_kv is not None:
@@ -457,11 +464,11 @@ class RowBatch:
             self._mask = None
             positions = torch.nn.functional.pad(self.positions, (0, rows - n)).view(-1, 1)
             self.cache.begin(self.cache.segments, 1)
-            out = self._forward(ids, positions, self.adapter_names, steer_kv=self.cache)
+            out = self._forward(ids, positions, self.adapter_names, steer_kv=self.cache, decode=True)
             self.cache.finish()
         else:
             self._mask = torch.cat([self._mask, self._mask.new_ones((rows, 1))], dim=1)
-            out = self._forward(ids, self.positions.view(-1, 1), self.adapter_names)
+            out = self._forward(ids, self.positions.view(-1, 1), self.adapter_names, decode=True)
         out = out[:n]
         return out.log_softmax(-1) if logprobs else out
 

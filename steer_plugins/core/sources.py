@@ -52,6 +52,8 @@ class LoadedModels:
             batch (K negatives per prompt).
         fast_linear: run the large fp32 linear layers of engine forwards with oneDNN
             (`kernels.py`; fp32, rounding-level differences only).
+        packed_linear: run them with weights pre-packed for MKL in forwards of 8-64 rows (decode
+            steps; `kernels.py`; fp32, rounding-level differences only).
     """
 
     expert: torch.nn.Module
@@ -61,6 +63,7 @@ class LoadedModels:
     negative_prefill_dtype: torch.dtype | None = None
     guidance_kv_dtype: torch.dtype | None = None
     fast_linear: bool = False
+    packed_linear: bool = False
 
     @property
     def shared_weights(self) -> bool:

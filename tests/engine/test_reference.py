@@ -367,8 +367,43 @@ def test_onednn_linear_matches_the_reference_and_leaves_other_callers_alone(tiny
     engine.close()
     off = SteerEngine(tiny_model("llama", tiny_tok, seed=1), tokenizer=tiny_tok, fast_linear=False)
     assert not off.models.fast_linear
-    assert not any(isinstance(m, kernels.OneDNNLinear) for m in off.models.expert.modules())
+    assert not any(isinstance(m, kernels.FastLinear) for m in off.models.expert.modules())
     off.close()
+
+
+@pytest.mark.skipif(not kernels.packed_available(), reason="this PyTorch build has no packed MKL linear ops")
+def test_packed_decode_weights_match_the_reference_and_follow_weight_changes(tiny_tok, monkeypatch):
+    """`fast_linear`'s packed MKL weights: decode steps (9 rows here, padded to a bucket of 16) use
+    them and match the no-cache reference; prefill forwards never pack; a weight changed in place is
+    packed again (never a stale pack), other threads' callers compute exactly as before, and
+    `close()` frees the packs."""
+    expert = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=1), seed=4)
+    assert kernels.install(expert, min_features=1) > 0
+    packs: list[int] = []
+    real = kernels._pack
+    monkeypatch.setattr(kernels, "_pack", lambda w, rows: (packs.append(rows), real(w, rows))[1])
+    engine = SteerEngine(expert, tokenizer=tiny_tok, config=SteerConfig(max_new_tokens=8), fast_linear=True)
+    assert engine.models.packed_linear
+    batch = engine.generate(PROMPTS, negatives=NEGS, return_scores=True, seed=11)
+    assert packs and set(packs) == {16}  # 3 prompts x (expert, base, negatives) = 9 rows -> bucket 16
+    for i, r in enumerate(batch):
+        assert_close_finite(r.scores, naive_scores(engine, PROMPTS[i], NEGS[i], r, engine.config))
+    layer = next(m for m in expert.modules() if isinstance(m, kernels.FastLinear))
+    x = torch.randn(9, layer.in_features)
+    with torch.inference_mode(), kernels.enabled(False, packed=True):
+        torch.testing.assert_close(
+            layer(x), torch.nn.functional.linear(x, layer.weight), atol=1e-5, rtol=1e-5
+        )
+        packs.clear()
+        with torch.no_grad():
+            layer.weight.mul_(2.0)  # e.g. a merge or a new adapter, in place
+        torch.testing.assert_close(
+            layer(x), torch.nn.functional.linear(x, layer.weight), atol=1e-5, rtol=1e-5
+        )
+        assert packs == [16]  # packed again for the new weight
+    assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight))  # not enabled: PyTorch's kernel
+    engine.close()
+    assert not any("_steer_pack" in m.__dict__ for m in expert.modules())
 
 
 @pytest.mark.slow
