@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import kernels
 from .combine import cached_continuation_tokens, combine, guard_non_finite
 from .config import BranchWeights
 from .constraints import Constraint, apply_constraints, parsed_output
@@ -239,6 +240,10 @@ class Decoder:
         self._plan: _StepPlan | None = None
         self._samplers: dict[tuple, Sampler] = {}
         self._continues: torch.Tensor | None = None
+        # packed weights (`kernels`: the weights' size again) while, since this batch was last empty,
+        # it has stayed within `PACK_MAX_ROWS` rows and the cache budget has held no prompt back: a
+        # large job's last wave does not pack (the job's peak memory is the cache's)
+        self._packs = models.packed_linear
 
     def cache_bytes(self, job: PromptJob) -> int:
         """An estimate of the KV cache `job` holds at its longest: every row of the prompt (expert,
@@ -272,12 +277,22 @@ class Decoder:
             self.models, pad_id=self.pad_id, peft_mode=self.peft_mode, min_forward_rows=self.min_forward_rows
         )
 
-    def insert(self, jobs: Sequence[PromptJob]) -> list[int]:
+    def insert(self, jobs: Sequence[PromptJob], *, memory_bound: bool = False) -> list[int]:
         """Prefill `jobs` and join them to the running batch; returns their job ids. If the prefill
-        raises, the running batch is unchanged."""
+        raises, the running batch is unchanged. `memory_bound`: the cache budget is holding prompts
+        back (or held these): the batch then keeps no packed weights until it has emptied."""
         first = self._next_id
         ids = list(range(first, first + len(jobs)))
         groups = _build_groups(self.models, jobs, self.pad_id, self.peft_mode, self.min_forward_rows, first)
+        if not self._states:
+            self._packs = self.models.packed_linear
+        rows = sum(len(g.rows) for g in self._groups + groups)
+        if self._packs and (memory_bound or rows > kernels.PACK_MAX_ROWS):
+            self._packs = False  # and free them before this prefill adds its cache
+            for model in {id(m): m for m in (self.models.expert, self.models.base) if m is not None}.values():
+                kernels.drop_packs(model)
+        for g in self._groups + groups:
+            g.batch.packed_linear = self._packs
         outputs = [g.batch.prefill([r.context for r in g.rows]) for g in groups]
         self._next_id += len(jobs)
         for i, job in zip(ids, jobs, strict=True):

@@ -52,6 +52,7 @@ CANDIDATES = 64
 """How many of the expert's most likely tokens the guard checks per step (α 0.05 keeps at most 20)."""
 
 MIN_WORD_LENGTH = 2
+MEMO_SIZE = 50_000  # answers kept per word list (about 10 MB), cleared when full
 """Shorter words are always allowed (initials, symbols), as the invented-word rate does not score them."""
 
 _INSTALL = "pip install wordfreq (a dependency of steer-plugins), or set known_words=False"
@@ -70,17 +71,21 @@ class KnownWords:
         own = {w.lower() for w in words if w and w.isalpha()}
         if parent is not None:
             own = {w for w in own if not parent.is_word(w)}
-        self._set = frozenset(own)
+        # one sorted list answers both questions by bisection (a set beside it would cost another
+        # 16 MB for the English list, where answers are memoised by `takes` anyway)
         self._sorted = sorted(own)
         self.parent = parent
         self._takes: dict[tuple[str, str], bool] = {}
 
     def __len__(self) -> int:
-        return len(self._set) + (len(self.parent) if self.parent is not None else 0)
+        return len(self._sorted) + (len(self.parent) if self.parent is not None else 0)
 
     def is_word(self, word: str) -> bool:
         """True for a known word (lower case) or one shorter than `MIN_WORD_LENGTH`."""
-        if len(word) < MIN_WORD_LENGTH or word in self._set:
+        if len(word) < MIN_WORD_LENGTH:
+            return True
+        i = bisect.bisect_left(self._sorted, word)
+        if i < len(self._sorted) and self._sorted[i] == word:
             return True
         return self.parent is not None and self.parent.is_word(word)
 
@@ -98,7 +103,7 @@ class KnownWords:
         key = (word, text)
         hit = self._takes.get(key)
         if hit is None:
-            if len(self._takes) > 200_000:
+            if len(self._takes) > MEMO_SIZE:
                 self._takes.clear()
             hit = self._takes[key] = self._check(word, text)
         return hit
@@ -124,12 +129,14 @@ def english_words() -> KnownWords:
         ImportError: wordfreq is not installed; the message says how to install it or turn the guard off.
     """
     try:
-        from wordfreq import get_frequency_dict
+        import wordfreq
     except ImportError as e:
         raise ImportError(
             f"`known_words` needs the wordfreq English list, which is not installed: {_INSTALL}"
         ) from e
-    return KnownWords(get_frequency_dict("en", wordlist="large"))
+    # the raw buckets, not `get_frequency_dict`: that one keeps a 35 MB dict (and its list) cached
+    buckets = wordfreq.read_cBpack(wordfreq.available_languages("large")["en"])
+    return KnownWords(word for bucket in buckets for word in bucket)
 
 
 _LETTERS = re.compile(r"[^\W\d_]+")  # letter runs, as the invented-word rate splits words

@@ -145,7 +145,7 @@ class RowBatch:
             None picks it when `supports_row_attention(model)`.
         fast_linear: run the layers `kernels.install` converted with oneDNN in this batch's
             forwards (fp32; see `kernels.py`).
-        packed_linear: run them with pre-packed MKL weights in forwards of 8-64 rows (this batch's
+        packed_linear: run them with pre-packed MKL weights in forwards of 4-32 rows (this batch's
             decode steps; fp32; see `kernels.py`).
     """
 

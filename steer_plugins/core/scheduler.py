@@ -370,11 +370,15 @@ class Scheduler:
             jobs += prepared
             owners += [(req, i) for i in indices]
         costs = [self.decoder.cache_bytes(j) for j in jobs] if self.max_cache_bytes is not None else []
+        held_back = False
         if costs:
+            taken = len(jobs)
             jobs, owners, costs = self._fit(jobs, owners, costs)
+            held_back = len(jobs) < taken or any(i in req.waited for req, i in owners)
         if jobs:  # one prefill for every request taken together
             try:
-                ids = self.decoder.insert(jobs)  # leaves the running batch unchanged if it raises
+                # leaves the running batch unchanged if it raises
+                ids = self.decoder.insert(jobs, memory_bound=held_back)
             except Exception as err:
                 for req, _ in owners:
                     req.fail(err)

@@ -52,7 +52,7 @@ class LoadedModels:
             batch (K negatives per prompt).
         fast_linear: run the large fp32 linear layers of engine forwards with oneDNN
             (`kernels.py`; fp32, rounding-level differences only).
-        packed_linear: run them with weights pre-packed for MKL in forwards of 8-64 rows (decode
+        packed_linear: run them with weights pre-packed for MKL in forwards of 4-32 rows (decode
             steps; `kernels.py`; fp32, rounding-level differences only).
     """
 

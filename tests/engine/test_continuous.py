@@ -300,8 +300,8 @@ def test_cache_budget_below_one_prompt_still_decodes_one_at_a_time(tiny_tok, mon
     assert max(widths) == 1 and engine.stats.prompts_decoded == 3 and engine.stats.prompts_waited >= 2
 
 
-def test_the_default_cache_budget_is_the_weights_size_with_a_floor(tiny_tok):
-    from steer_plugins.core.engine import AUTO_CACHE_FLOOR_MB, _weights_mb
+def test_the_default_cache_budget_is_a_share_of_the_weights_size_with_a_floor(tiny_tok):
+    from steer_plugins.core.engine import AUTO_CACHE_FLOOR_MB, AUTO_CACHE_SHARE, _weights_mb
 
     expert, base = tiny_model("llama", tiny_tok, seed=1), tiny_model("llama", tiny_tok, seed=2)
     weights = sum(
@@ -309,7 +309,11 @@ def test_the_default_cache_budget_is_the_weights_size_with_a_floor(tiny_tok):
     )
     engine = SteerEngine(expert, base, tiny_tok)
     assert _weights_mb(engine.models) == pytest.approx(weights / 2**20)
-    assert engine.cache_budget_mb == max(weights / 2**20, AUTO_CACHE_FLOOR_MB) == AUTO_CACHE_FLOOR_MB
+    assert (
+        engine.cache_budget_mb
+        == max(AUTO_CACHE_SHARE * weights / 2**20, AUTO_CACHE_FLOOR_MB)
+        == AUTO_CACHE_FLOOR_MB
+    )
     lora = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=2), seed=5)  # base = the same weights
     shared = sum(p.numel() * p.element_size() for p in [*lora.parameters(), *lora.buffers()])
     assert _weights_mb(SteerEngine(lora, tokenizer=tiny_tok).models) == pytest.approx(shared / 2**20)

@@ -406,6 +406,29 @@ def test_packed_decode_weights_match_the_reference_and_follow_weight_changes(tin
     assert not any("_steer_pack" in m.__dict__ for m in expert.modules())
 
 
+@pytest.mark.skipif(not kernels.packed_available(), reason="this PyTorch build has no packed MKL linear ops")
+def test_no_packed_weights_while_the_cache_budget_holds_prompts_back(tiny_tok, monkeypatch):
+    """Packs cost the weights' size again: a batch whose cache budget holds prompts back makes
+    none, down to its last prompts, and the next request that fits packs again."""
+    expert = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=1), seed=4)
+    kernels.install(expert, min_features=1)
+    packs: list[int] = []
+    real = kernels._pack
+    monkeypatch.setattr(kernels, "_pack", lambda w, rows: (packs.append(rows), real(w, rows))[1])
+    engine = SteerEngine(
+        expert, tokenizer=tiny_tok, config=SteerConfig(max_new_tokens=4), fast_linear=True, max_cache_mb=0.05
+    )
+    assert engine.models.packed_linear
+    prompts = [p for p in PROMPTS for _ in range(3)]
+    engine.generate(prompts, negatives=[NEGS[0]] * len(prompts), seed=3)
+    assert engine.stats.prompts_waited > 0 and packs == []
+    engine.close()
+    roomy = SteerEngine(expert, tokenizer=tiny_tok, config=SteerConfig(max_new_tokens=4), fast_linear=True)
+    roomy.generate(PROMPTS, negatives=NEGS, seed=3)
+    assert roomy.stats.prompts_waited == 0 and packs
+    roomy.close()
+
+
 @pytest.mark.slow
 def test_real_model_with_its_default_kernels_matches_the_reference():
     """SmolLM2-135M with the shipped LoRA expert, as the engine runs it on this machine (oneDNN
