@@ -52,8 +52,10 @@ CANDIDATES = 64
 """How many of the expert's most likely tokens the guard checks per step (α 0.05 keeps at most 20)."""
 
 MIN_WORD_LENGTH = 2
-MEMO_SIZE = 50_000  # answers kept per word list (about 10 MB), cleared when full
 """Shorter words are always allowed (initials, symbols), as the invented-word rate does not score them."""
+
+MEMO_SIZE = 200_000
+"""Answers `KnownWords.takes` keeps per word list (about 30 MB), cleared when full."""
 
 _INSTALL = "pip install wordfreq (a dependency of steer-plugins), or set known_words=False"
 
@@ -71,21 +73,17 @@ class KnownWords:
         own = {w.lower() for w in words if w and w.isalpha()}
         if parent is not None:
             own = {w for w in own if not parent.is_word(w)}
-        # one sorted list answers both questions by bisection (a set beside it would cost another
-        # 16 MB for the English list, where answers are memoised by `takes` anyway)
+        self._set = frozenset(own)
         self._sorted = sorted(own)
         self.parent = parent
         self._takes: dict[tuple[str, str], bool] = {}
 
     def __len__(self) -> int:
-        return len(self._sorted) + (len(self.parent) if self.parent is not None else 0)
+        return len(self._set) + (len(self.parent) if self.parent is not None else 0)
 
     def is_word(self, word: str) -> bool:
         """True for a known word (lower case) or one shorter than `MIN_WORD_LENGTH`."""
-        if len(word) < MIN_WORD_LENGTH:
-            return True
-        i = bisect.bisect_left(self._sorted, word)
-        if i < len(self._sorted) and self._sorted[i] == word:
+        if len(word) < MIN_WORD_LENGTH or word in self._set:
             return True
         return self.parent is not None and self.parent.is_word(word)
 
