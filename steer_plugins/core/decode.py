@@ -289,7 +289,7 @@ class Decoder:
         rows = sum(len(g.rows) for g in self._groups + groups)
         if self._packs and (memory_bound or rows > kernels.PACK_MAX_ROWS):
             self._packs = False  # and free them before this prefill adds its cache
-            for model in {id(m): m for m in (self.models.expert, self.models.base) if m is not None}.values():
+            for model in self.models.distinct():
                 kernels.drop_packs(model)
         for g in self._groups + groups:
             g.batch.packed_linear = self._packs

@@ -75,7 +75,7 @@ class SteerEngine:
         fast_linear: run the large fp32 linear layers of the engine's forwards with faster CPU
             kernels (`kernels.py`): oneDNN instead of PyTorch's default MKL, and in decode steps of
             4-32 rows MKL with weights packed once instead of on every call (one more copy of the
-            weights while an engine decodes; `close()` frees it). Still fp32, results differ by
+            weights while a batch that fits its cache budget decodes; `close()` frees it). Still fp32, results differ by
             summation order only. None (default): on a CPU, each where a quick timing says it is at
             least 15 % faster here (oneDNN on AMD CPUs with AVX-512: about 2x; packed MKL on Intel
             CPUs: 1.5x at 24 rows); True: each whenever available; False: neither. Other users of
@@ -434,7 +434,7 @@ class SteerEngine:
         """Stop the worker thread (it also stops by itself after a short idle time) and free the
         packed weights of `fast_linear` (the next batch packs again)."""
         self._scheduler.close()
-        for model in {id(m): m for m in (self.models.expert, self.models.base) if m is not None}.values():
+        for model in self.models.distinct():
             kernels.drop_packs(model)
 
     # ------------------------------------------------------------------ internals
@@ -530,7 +530,7 @@ def _check_arguments(
 AUTO_CACHE_FLOOR_MB = 256.0
 #: `max_cache_mb="auto"` bounds the cache estimate by this share of the weights' size: what the
 #: estimate leaves out (length-bucket padding, spare columns, the known-words lists, the allocator's
-#: slack) adds about 60 % to it, and peak RSS at B=32 with K=10 stays within 1.5x plain sampling's
+#: slack) adds about 65 % to it, and peak RSS at B=32 with K=10 stays within 1.5x plain sampling's
 AUTO_CACHE_SHARE = 0.75
 
 
@@ -569,7 +569,5 @@ def _fast_linear(models: LoadedModels, wanted: bool | None) -> tuple[bool, bool]
         packed = packed and kernels.packed_faster_than_default(*shape, threads=threads)
     if not (onednn or packed):
         return False, False
-    found = sum(
-        kernels.install(m) for m in {id(m): m for m in (models.expert, models.base) if m is not None}.values()
-    )
+    found = sum(kernels.install(m) for m in models.distinct())
     return onednn and found > 0, packed and found > 0

