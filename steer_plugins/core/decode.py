@@ -125,7 +125,6 @@ def _build_groups(
         "min_rows": min_rows,
         "new_tokens": max(j.config.max_new_tokens for j in jobs),
         "fast_linear": models.fast_linear,
-        "packed_linear": models.packed_linear,
     }
 
     def batch(model, rows: list[_Row], **kw) -> _Group:
@@ -291,7 +290,7 @@ class Decoder:
             self._packs = False  # and free them before this prefill adds its cache
             for model in self.models.distinct():
                 kernels.drop_packs(model)
-        for g in self._groups + groups:
+        for g in self._groups + groups:  # the one place a batch's `packed_linear` is set
             g.batch.packed_linear = self._packs
         outputs = [g.batch.prefill([r.context for r in g.rows]) for g in groups]
         self._next_id += len(jobs)
