@@ -333,8 +333,9 @@ def main() -> None:
         )
     print(
         f"expert: {expert_kind} on {args.device} ({next(expert.parameters()).dtype}); torch threads: "
-        f"{torch.get_num_threads()}; load average {loadavg()}; engine fast_linear (oneDNN): "
-        f"{engines['STEER engine (this commit)'].models.fast_linear}",
+        f"{torch.get_num_threads()}; load average {loadavg()}; engine fast_linear: oneDNN "
+        f"{engines['STEER engine (this commit)'].models.fast_linear}, packed weights "
+        f"{engines['STEER engine (this commit)'].models.packed_linear}",
         flush=True,
     )
     rng = random.Random(0)

@@ -4,10 +4,11 @@ as "steer_rows", and expert/base rows of a LoRA expert told apart by per-row LoR
 A RowBatch forward runs inside `row_attention(model, cache)`, which hands its `RowKVCache` to the
 attention function through a thread-local (models and wrappers need not pass extra keywords on; the
 cache itself travels as the model's usual cache argument). For each segment of rows (see `kv_cache.py`) the
-function runs one SDPA call over that segment's own columns only, so a 40-token prompt row never
-attends over a 550-token negative row's padding, and grouped-query attention never copies KV heads:
-a one-token query is packed as `(rows, kv heads, group, dim)` against the unrepeated keys, longer
-queries use SDPA's `enable_gqa`. Masks are built once per forward (`RowKVCache.begin`), not per layer.
+function attends over that segment's own columns only, so a 40-token prompt row never attends over
+a 550-token negative row's padding, and grouped-query attention never copies KV heads: a one-token
+query (a decode step) is packed as `(rows, kv heads, group, dim)` against the unrepeated keys in two
+batched products (on the 2-core AMD EPYC, 0.25 vs 0.30 ms for 8 rows x 560 keys through SDPA's CPU
+kernel, 0.07 vs 0.12 ms for 16 rows x 50), longer queries use SDPA with `enable_gqa`. Masks are built once per forward (`RowKVCache.begin`), not per layer.
 
 `row_attention(model)` switches the model's attention implementation to "steer_rows" for the
 duration of one forward (under a lock). A forward of the same model on another thread meanwhile
@@ -163,10 +164,12 @@ def _segment(seg: Segment, layer: int, query: torch.Tensor, scaling: float | Non
     if keys.dtype != query.dtype:  # a segment stored in another dtype (`kv_dtype`), or autocast
         return _segment(seg, layer, query.to(keys.dtype), scaling).to(query.dtype)
     kv_heads = keys.shape[1]
-    if q == 1 and heads != kv_heads:  # pack the query group as SDPA's query axis: no KV copies
-        packed = query.reshape(n, kv_heads, heads // kv_heads, dim)
-        out = sdpa(packed, keys, values, attn_mask=seg.mask, scale=scaling)
-        return out.reshape(n, heads, 1, -1)
+    if q == 1:  # a decode step: the query group packed against the unrepeated keys (no KV copies)
+        grouped = query.reshape(n, kv_heads, heads // kv_heads, dim)
+        scores = torch.matmul(grouped, keys.transpose(-1, -2)).mul_(dim**-0.5 if scaling is None else scaling)
+        if seg.mask is not None:
+            scores.masked_fill_(~seg.mask, float("-inf"))
+        return torch.matmul(torch.softmax(scores, dim=-1), values).reshape(n, heads, 1, dim)
     return sdpa(
         query,
         keys,

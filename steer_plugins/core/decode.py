@@ -287,7 +287,7 @@ class Decoder:
             self._packs = self.models.packed_linear
         rows = sum(len(g.rows) for g in self._groups + groups)
         if self._packs and (memory_bound or rows > kernels.PACK_MAX_ROWS):
-            self._packs = False  # and free them before this prefill adds its cache
+            self._packs = None  # and free them before this prefill adds its cache
             for model in self.models.distinct():
                 kernels.drop_packs(model)
         for g in self._groups + groups:  # the one place a batch's `packed_linear` is set

@@ -74,12 +74,13 @@ class SteerEngine:
             Its quality against fp32 is in docs/quality.md. Part of `fingerprint()`.
         fast_linear: run the large fp32 linear layers of the engine's forwards with faster CPU
             kernels (`kernels.py`): oneDNN instead of PyTorch's default MKL, and in decode steps of
-            4-32 rows MKL with weights packed once instead of on every call (one more copy of the
-            weights while a batch that fits its cache budget decodes; `close()` frees it). Still fp32, results differ by
-            summation order only. None (default): on a CPU, each where a quick timing says it is at
-            least 15 % faster here (oneDNN on AMD CPUs with AVX-512: about 2x; packed MKL on Intel
-            CPUs: 1.5x at 24 rows); True: each whenever available; False: neither. Other users of
-            the same model object keep PyTorch's kernels.
+            up to 32 rows oneDNN or MKL with weights packed once instead of on every call (one more
+            copy of the weights while a batch that fits its cache budget decodes; `close()` frees
+            it). Still fp32, results differ by summation order only. None (default): on a CPU, each
+            where a quick timing says it is at least 15 % faster here (oneDNN on AMD CPUs with
+            AVX-512: about 1.3x at 24 rows, packed oneDNN 1.8x; packed MKL on Intel CPUs: 1.5x);
+            True: oneDNN and packed oneDNN weights (packed MKL without oneDNN) whenever available;
+            False: neither. Other users of the same model object keep PyTorch's kernels.
         max_cache_mb: bound the KV cache of the prompts decoding at once (estimated from each
             prompt's rows: expert, base and K negative contexts, each with room for its new tokens).
             A prompt that does not fit waits, with its negatives already drawn, until finished
@@ -547,13 +548,15 @@ def _weights_mb(models: LoadedModels) -> float:
     return total / 2**20
 
 
-def _fast_linear(models: LoadedModels, wanted: bool | None) -> tuple[bool, bool]:
-    """Whether engine forwards use (oneDNN linear layers, pre-packed MKL weights in decode steps)
-    (see `SteerEngine(fast_linear=...)`); installs the layers on the expert and the base when either."""
+def _fast_linear(models: LoadedModels, wanted: bool | None) -> tuple[bool, str | None]:
+    """Whether engine forwards use oneDNN linear layers, and which packed weights (`kernels.PACKINGS`)
+    decode steps use (see `SteerEngine(fast_linear=...)`); installs the layers on the expert and the
+    base when either."""
     param = next(models.expert.parameters())
     if wanted is False or param.device.type != "cpu" or param.dtype != torch.float32:
-        return False, False
-    onednn, packed = kernels.available(), kernels.packed_available()
+        return False, None
+    onednn = kernels.available()
+    packed = next((k for k in kernels.PACKINGS if kernels.packing_available(k)), None)
     if wanted is None and (onednn or packed):  # measured on the model's own largest per-layer projection
         shapes = Counter(
             (m.in_features, m.out_features)
@@ -562,12 +565,12 @@ def _fast_linear(models: LoadedModels, wanted: bool | None) -> tuple[bool, bool]
         )
         repeated = [s for s, n in shapes.items() if n > 1]  # per-layer projections, not the LM head
         if not repeated:
-            return False, False
+            return False, None
         shape = max(repeated, key=lambda s: s[0] * s[1])
         threads = torch.get_num_threads()
         onednn = onednn and kernels.faster_than_default(*shape, threads=threads)
-        packed = packed and kernels.packed_faster_than_default(*shape, threads=threads)
+        packed = kernels.best_packing(*shape, threads=threads, onednn=onednn)
     if not (onednn or packed):
-        return False, False
+        return False, None
     found = sum(kernels.install(m) for m in models.distinct())
-    return onednn and found > 0, packed and found > 0
+    return onednn and found > 0, packed if found > 0 else None

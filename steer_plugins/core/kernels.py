@@ -9,23 +9,32 @@ a quarter of the core's peak, while oneDNN (also in every PyTorch CPU build,
 projection of a prefill chunk (3824 × 576 → 1536), 2× for the 24-row decode step (1.4e-4 vs 5.8e-5
 absolute against fp64 on that projection).
 
-**Packed MKL** (`packed`). A decode step multiplies a few rows (`PACK_MIN_ROWS` to `PACK_MAX_ROWS`:
-each prompt's expert, base and negative rows) by every weight matrix, and MKL's GEMM repacks the whole weight
-matrix into its blocked layout on every call. On the Intel Xeon (AMX) of this project's later
-benchmarks a 24-row SmolLM2-135M step spends 124 ms in its linear layers (the LM head included),
-81 ms with each weight packed once (`torch.ops.mkl._mkl_reorder_linear_weight`, the packing
-torch.compile's CPU freezing uses); 4 rows (B=1, padded): 59 → 45 ms. A pack serves one row count:
+**Packed weights** (`packed`: "onednn" or "mkl"). A decode step multiplies a few rows (each prompt's
+expert, base and negative rows) by every weight matrix, and both libraries reorder the whole weight
+matrix into their blocked layout on every call; at a decode step's few rows that costs more than the
+multiply. Packing each weight once removes it. All 211 projections of SmolLM2-135M (the LM head
+included), fp32, 2 threads, ms per decode step:
+
+| rows | CPU | default (MKL) | oneDNN | MKL packed | oneDNN packed |
+|---|---|---:|---:|---:|---:|
+| 4 | AMD EPYC, AVX-512 | 61 | 33 | 63 | 22 |
+| 24 | AMD EPYC, AVX-512 | 80 | 62 | 90 | 43 |
+| 4 | Intel Xeon, AMX | 59 | – | 45 | – |
+| 24 | Intel Xeon, AMX | 124 | – | 81 | – |
+
+A oneDNN pack (`torch.ops.mkldnn._reorder_linear_weight`) serves every row count; an MKL pack
+(`torch.ops.mkl._mkl_reorder_linear_weight`, the packing torch.compile's CPU freezing uses) serves one:
 from `PACK_STEP` rows on, rows are padded with zeros up to a multiple of it, so a batch that loses a
-few rows keeps its pack. Each layer keeps one pack (about its weight's size again), remade when the
-row bucket or the weight changes (a PEFT merge, a new adapter); `drop_packs(model)` frees them. The
-decoder packs only while memory is not what limits the run (see `Decoder.insert`).
+few rows keeps its pack, and below `MKL_PACK_MIN_ROWS` MKL's GEMV path is as fast. Each layer keeps
+one pack (about its weight's size again), remade when the row bucket or the weight changes (a PEFT
+merge, a new adapter); `drop_packs(model)` frees them. The decoder packs only in forwards of up to
+`PACK_MAX_ROWS` rows and while memory is not what limits the run (see `Decoder.insert`).
 
 `install(model)` makes every large `nn.Linear` a `FastLinear` (same weights), which uses these kernels
 only inside `enabled(...)` on the calling thread (a `RowBatch` forward), for fp32 CPU inputs outside
 autocast, and `nn.Linear`'s own forward otherwise: another thread using the same model (plain
 `generate()`, a second engine) keeps PyTorch's kernels. `faster_than_default()` and
-`packed_faster_than_default()` time each on one projection of the model's shape and say whether it
-pays on this machine.
+`best_packing()` time them on one projection of the model's shape and say which pays on this machine.
 """
 
 from __future__ import annotations
@@ -41,30 +50,32 @@ __all__ = [
     "MIN_ROWS",
     "PACK_MAX_ROWS",
     "FastLinear",
+    "PACKINGS",
     "available",
+    "best_packing",
     "drop_packs",
     "enabled",
     "faster_than_default",
     "install",
-    "packed_available",
-    "packed_faster_than_default",
+    "packing_available",
 ]
 
 MIN_ROWS = 8  # below this many rows (decode steps of 1-4 rows) MKL's GEMV path is as fast or faster
 MIN_FEATURES = 128  # LoRA's rank-r projections and other small layers keep nn.Linear
-PACK_MIN_ROWS = 4  # below this MKL takes its GEMV-like path, which packing does not speed up
+MKL_PACK_MIN_ROWS = 4  # below this MKL takes its GEMV-like path, which packing does not speed up
 # Above this many rows the packs' memory (the weights' size again) is not spent: at B=32 and K=10
 # the engine decodes 36-60 rows, where packing gains 23 % of the linear layers' time, and packing up
 # to 64 rows measured 2.33x plain's peak RSS against 1.57x without (docs/benchmarks.md, session 13).
 PACK_MAX_ROWS = 32
-PACK_STEP = 8  # from 8 rows on, rows are padded up to a multiple of this: one pack per bucket
+PACK_STEP = 8  # MKL packs: from 8 rows on, rows are padded up to a multiple of this (one pack per bucket)
+PACKINGS = ("onednn", "mkl")  # the packed-weight kernels, in the order `best_packing` prefers on a tie
 
 
 class _Switches(threading.local):
     """Which kernels `enabled(...)` turned on for the calling thread (both off on every other)."""
 
     onednn = False
-    packed = False
+    packed: str | None = None
 
 
 _local = _Switches()
@@ -80,24 +91,40 @@ def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def packed_available() -> bool:
-    """Whether this PyTorch build has MKL's packed fp32 linear ops."""
-    return (
-        bool(torch.backends.mkl.is_available())
-        and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
-        and hasattr(torch.ops.mkl, "_mkl_linear")
-    )
+def packing_available(kind: str) -> bool:
+    """Whether this PyTorch build has the packed fp32 linear ops of `kind` ("onednn" or "mkl")."""
+    if kind == "onednn":
+        return available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    if kind == "mkl":
+        return (
+            bool(torch.backends.mkl.is_available())
+            and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
+            and hasattr(torch.ops.mkl, "_mkl_linear")
+        )
+    raise ValueError(f"unknown packing {kind!r}: expected one of {PACKINGS}")
 
 
-def _pack(weight: torch.Tensor, rows: int) -> torch.Tensor:
+def _pack(weight: torch.Tensor, rows: int, kind: str) -> torch.Tensor:
+    if kind == "onednn":
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
     return torch.ops.mkl._mkl_reorder_linear_weight(weight.detach(), rows)
 
 
 def _packed(
-    x: torch.Tensor, pack: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor, pack: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kind: str
 ) -> torch.Tensor:
-    """`x @ weight.T + bias` with `weight` packed for exactly `len(x)` rows (2-D `x`)."""
+    """`x @ weight.T + bias` (2-D `x`) with `weight` packed by `_pack(weight, rows, kind)`: any row
+    count for a oneDNN pack, exactly `rows` for an MKL one."""
+    if kind == "onednn":
+        return _onednn(x, pack, bias)
     return torch.ops.mkl._mkl_linear(x, pack, weight, bias, x.shape[0])
+
+
+def _bucket(rows: int, kind: str) -> int:
+    """The row count a pack of `kind` is made for when a forward has `rows` rows (0: any)."""
+    if kind == "onednn":
+        return 0
+    return rows if rows < PACK_STEP else -(-rows // PACK_STEP) * PACK_STEP
 
 
 def _rows(x: torch.Tensor, weight: torch.Tensor) -> int:
@@ -122,25 +149,27 @@ class FastLinear(torch.nn.Linear):
         if not (_local.packed or _local.onednn):  # every caller outside an engine forward
             return torch.nn.functional.linear(x, self.weight, self.bias)
         rows = _rows(x, self.weight)
-        if rows and _local.packed and PACK_MIN_ROWS <= rows <= PACK_MAX_ROWS:
-            return self._packed_forward(x, rows)
+        kind = _local.packed
+        if rows and kind and (MKL_PACK_MIN_ROWS if kind == "mkl" else 1) <= rows <= PACK_MAX_ROWS:
+            return self._packed_forward(x, rows, kind)
         if rows >= MIN_ROWS and _local.onednn:
             return _onednn(x, self.weight, self.bias)
         return torch.nn.functional.linear(x, self.weight, self.bias)
 
-    def _packed_forward(self, x: torch.Tensor, rows: int) -> torch.Tensor:
-        bucket = rows if rows < PACK_STEP else -(-rows // PACK_STEP) * PACK_STEP
+    def _packed_forward(self, x: torch.Tensor, rows: int, kind: str) -> torch.Tensor:
+        bucket = _bucket(rows, kind)
         weight = self.weight
-        key = (bucket, weight.data_ptr(), weight._version)
+        key = (kind, bucket, weight.data_ptr(), weight._version)
         held = self.__dict__.get("_steer_pack")
         if held is None or held[0] != key:
+            self.__dict__.pop("_steer_pack", None)  # free the old pack before making the new one
             with _pack_lock:  # packing reads the whole weight: one thread at a time
-                held = (key, _pack(weight, bucket))
+                held = (key, _pack(weight, bucket or rows, kind))
             self.__dict__["_steer_pack"] = held
         flat = x.reshape(rows, x.shape[-1])
         if rows < bucket:
             flat = torch.cat([flat, flat.new_zeros((bucket - rows, flat.shape[1]))])
-        out = _packed(flat, held[1], weight, self.bias)
+        out = _packed(flat, held[1], weight, self.bias, kind)
         return out[:rows].reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -165,9 +194,9 @@ def drop_packs(model: torch.nn.Module) -> int:
 
 
 @contextlib.contextmanager
-def enabled(onednn: bool, packed: bool = False):
+def enabled(onednn: bool, packed: str | None = None):
     """On this thread, for the enclosed forward: oneDNN in installed layers (when `onednn`), and
-    pre-packed MKL weights for forwards of `PACK_MIN_ROWS`..`PACK_MAX_ROWS` rows (when `packed`)."""
+    weights packed for `packed` ("onednn" or "mkl") in forwards of up to `PACK_MAX_ROWS` rows."""
     outer = _local.onednn, _local.packed
     _local.onednn, _local.packed = onednn, packed
     try:
@@ -187,20 +216,45 @@ def faster_than_default(in_features: int, out_features: int, threads: int, rows:
 
 
 @functools.cache
-def packed_faster_than_default(in_features: int, out_features: int, threads: int, rows: int = 24) -> bool:
-    """Whether MKL with a pre-packed weight beats `nn.functional.linear` by at least 15 % on a
-    `(rows, in) → out` fp32 projection (a decode step's row count) with this many torch threads,
-    with results within fp32 rounding of each other (a few ms of timing, cached)."""
-    if not packed_available():
-        return False
-    packs: dict[int, torch.Tensor] = {}
+def best_packing(in_features: int, out_features: int, threads: int, onednn: bool, rows: int = 24) -> str | None:
+    """The packed-weight kernel (`PACKINGS`) that is fastest on a `(rows, in) → out` fp32 projection
+    (a decode step's row count) with this many torch threads, if it beats by at least 15 % what runs
+    unpacked (`nn.functional.linear`, or oneDNN when `onednn`) with results within fp32 rounding of
+    it; None when none does (a few ms of timing per kernel, cached)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, in_features, generator=gen)
+    w = torch.randn(out_features, in_features, generator=gen) / in_features**0.5
+    with torch.inference_mode():
+        reference = torch.nn.functional.linear(x, w)
+        unpacked = _best_time(lambda: torch.nn.functional.linear(x, w))
+        if onednn:
+            unpacked = min(unpacked, _best_time(lambda: _onednn(x, w, None)))
+        best, best_time = None, unpacked / 1.15
+        for kind in PACKINGS:
+            if not packing_available(kind):
+                continue
+            try:
+                pack = _pack(w, rows, kind)
+                out = _packed(x, pack, w, None, kind)
+            except RuntimeError:  # a build whose op refuses these inputs
+                continue
+            if not torch.allclose(out, reference, rtol=1e-4, atol=1e-4):
+                continue
+            spent = _best_time(lambda: _packed(x, pack, w, None, kind))  # noqa: B023 (called at once)
+            if spent < best_time:
+                best, best_time = kind, spent
+    return best
 
-    def run(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        if id(w) not in packs:
-            packs[id(w)] = _pack(w, x.shape[0])
-        return _packed(x, packs[id(w)], w, None)
 
-    return _pays(run, in_features, out_features, rows)
+def _best_time(fn) -> float:
+    """Best of 7 timings of 3 calls of `fn`."""
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
+        for _ in range(3):
+            fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def _pays(kernel, in_features: int, out_features: int, rows: int) -> bool:
@@ -216,16 +270,6 @@ def _pays(kernel, in_features: int, out_features: int, rows: int) -> bool:
             return False
         if not torch.allclose(fast, torch.nn.functional.linear(x, w), rtol=1e-4, atol=1e-4):
             return False
-
-        def best(fn) -> float:
-            times = []
-            for _ in range(7):
-                start = time.perf_counter()
-                for _ in range(3):
-                    fn()
-                times.append(time.perf_counter() - start)
-            return min(times)
-
-        default = best(lambda: torch.nn.functional.linear(x, w))
-        fast_time = best(lambda: kernel(x, w))
+        default = _best_time(lambda: torch.nn.functional.linear(x, w))
+        fast_time = _best_time(lambda: kernel(x, w))
     return fast_time * 1.15 < default

@@ -145,8 +145,8 @@ class RowBatch:
             None picks it when `supports_row_attention(model)`.
         fast_linear: run the layers `kernels.install` converted with oneDNN in this batch's
             forwards (fp32; see `kernels.py`).
-        packed_linear: run them with pre-packed MKL weights in forwards of 4-32 rows (this batch's
-            decode steps; fp32; see `kernels.py`).
+        packed_linear: run them with weights packed for this kernel ("onednn" or "mkl") in this
+            batch's decode steps of up to 32 rows (fp32; see `kernels.py`); None: unpacked.
     """
 
     def __init__(
@@ -163,7 +163,7 @@ class RowBatch:
         new_tokens: int | None = None,
         row_attention: bool | None = None,
         fast_linear: bool = False,
-        packed_linear: bool = False,
+        packed_linear: str | None = None,
     ) -> None:
         self.new_tokens = new_tokens
         self.fast_linear = fast_linear
@@ -242,7 +242,7 @@ class RowBatch:
             kwargs["adapter_names"] = names
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode())
-            stack.enter_context(kernels.enabled(self.fast_linear, decode and self.packed_linear))
+            stack.enter_context(kernels.enabled(self.fast_linear, self.packed_linear if decode else None))
             if base_only:
                 stack.enter_context(self.model.disable_adapter())
             if steer_kv is not None:

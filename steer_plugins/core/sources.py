@@ -52,8 +52,9 @@ class LoadedModels:
             batch (K negatives per prompt).
         fast_linear: run the large fp32 linear layers of engine forwards with oneDNN
             (`kernels.py`; fp32, rounding-level differences only).
-        packed_linear: run them with weights pre-packed for MKL in forwards of 4-32 rows (decode
-            steps; `kernels.py`; fp32, rounding-level differences only).
+        packed_linear: run them with weights packed once for this kernel ("onednn" or "mkl") in
+            forwards of up to 32 rows (decode steps; `kernels.py`; fp32, rounding-level differences
+            only); None: no packing.
     """
 
     expert: torch.nn.Module
@@ -63,7 +64,7 @@ class LoadedModels:
     negative_prefill_dtype: torch.dtype | None = None
     guidance_kv_dtype: torch.dtype | None = None
     fast_linear: bool = False
-    packed_linear: bool = False
+    packed_linear: str | None = None
 
     @property
     def shared_weights(self) -> bool:

@@ -371,26 +371,34 @@ def test_onednn_linear_matches_the_reference_and_leaves_other_callers_alone(tiny
     off.close()
 
 
-@pytest.mark.skipif(not kernels.packed_available(), reason="this PyTorch build has no packed MKL linear ops")
-def test_packed_decode_weights_match_the_reference_and_follow_weight_changes(tiny_tok, monkeypatch):
-    """`fast_linear`'s packed MKL weights: decode steps (9 rows here, padded to a bucket of 16) use
-    them and match the no-cache reference; prefill forwards never pack; a weight changed in place is
-    packed again (never a stale pack), other threads' callers compute exactly as before, and
-    `close()` frees the packs."""
+@pytest.mark.parametrize("kind", kernels.PACKINGS)
+def test_packed_decode_weights_match_the_reference_and_follow_weight_changes(kind, tiny_tok, monkeypatch):
+    """`fast_linear`'s packed weights: decode steps (9 rows here) use them and match the no-cache
+    reference; a oneDNN pack serves every row count (each layer packs once), an MKL pack one bucket
+    (9 rows padded to 16); prefill forwards never pack; a weight changed in place is packed again
+    (never a stale pack), other threads' callers compute exactly as before, and `close()` frees
+    the packs."""
+    if not kernels.packing_available(kind):
+        pytest.skip(f"this PyTorch build has no packed {kind} linear ops")
     expert = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=1), seed=4)
-    assert kernels.install(expert, min_features=1) > 0
-    packs: list[int] = []
+    layers = kernels.install(expert, min_features=1)
+    assert layers > 0
+    packs: list[tuple[str, int]] = []
     real = kernels._pack
-    monkeypatch.setattr(kernels, "_pack", lambda w, rows: (packs.append(rows), real(w, rows))[1])
+    monkeypatch.setattr(kernels, "_pack", lambda w, rows, k: (packs.append((k, rows)), real(w, rows, k))[1])
     engine = SteerEngine(expert, tokenizer=tiny_tok, config=SteerConfig(max_new_tokens=8), fast_linear=True)
-    assert engine.models.packed_linear
+    assert engine.models.packed_linear == "onednn" if kernels.packing_available("onednn") else "mkl"
+    engine.models.packed_linear = kind
     batch = engine.generate(PROMPTS, negatives=NEGS, return_scores=True, seed=11)
-    assert packs and set(packs) == {16}  # 3 prompts x (expert, base, negatives) = 9 rows -> bucket 16
+    if kind == "mkl":  # 3 prompts x (expert, base, negatives) = 9 rows -> bucket 16
+        assert packs and set(packs) == {("mkl", 16)}
+    else:  # one pack per layer, made at the first decode step's 9 rows, whatever rows follow
+        assert packs == [("onednn", 9)] * layers
     for i, r in enumerate(batch):
         assert_close_finite(r.scores, naive_scores(engine, PROMPTS[i], NEGS[i], r, engine.config))
     layer = next(m for m in expert.modules() if isinstance(m, kernels.FastLinear))
     x = torch.randn(9, layer.in_features)
-    with torch.inference_mode(), kernels.enabled(False, packed=True):
+    with torch.inference_mode(), kernels.enabled(False, packed=kind):
         torch.testing.assert_close(
             layer(x), torch.nn.functional.linear(x, layer.weight), atol=1e-5, rtol=1e-5
         )
@@ -400,13 +408,19 @@ def test_packed_decode_weights_match_the_reference_and_follow_weight_changes(tin
         torch.testing.assert_close(
             layer(x), torch.nn.functional.linear(x, layer.weight), atol=1e-5, rtol=1e-5
         )
-        assert packs == [16]  # packed again for the new weight
+        assert len(packs) == 1  # packed again for the new weight
+        torch.testing.assert_close(  # another row count: the oneDNN pack serves it, MKL packs again
+            layer(x[:5]), torch.nn.functional.linear(x[:5], layer.weight), atol=1e-5, rtol=1e-5
+        )
+        assert len(packs) == (2 if kind == "mkl" else 1)
     assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight))  # not enabled: PyTorch's kernel
     engine.close()
     assert not any("_steer_pack" in m.__dict__ for m in expert.modules())
 
 
-@pytest.mark.skipif(not kernels.packed_available(), reason="this PyTorch build has no packed MKL linear ops")
+@pytest.mark.skipif(
+    not any(map(kernels.packing_available, kernels.PACKINGS)), reason="this PyTorch build has no packed linear ops"
+)
 def test_no_packed_weights_while_the_cache_budget_holds_prompts_back(tiny_tok, monkeypatch):
     """Packs cost the weights' size again: a batch whose cache budget holds prompts back makes
     none, down to its last prompts, and the next request that fits packs again."""
@@ -414,7 +428,7 @@ def test_no_packed_weights_while_the_cache_budget_holds_prompts_back(tiny_tok, m
     kernels.install(expert, min_features=1)
     packs: list[int] = []
     real = kernels._pack
-    monkeypatch.setattr(kernels, "_pack", lambda w, rows: (packs.append(rows), real(w, rows))[1])
+    monkeypatch.setattr(kernels, "_pack", lambda w, rows, k: (packs.append(rows), real(w, rows, k))[1])
     engine = SteerEngine(
         expert, tokenizer=tiny_tok, config=SteerConfig(max_new_tokens=4), fast_linear=True, max_cache_mb=0.05
     )
