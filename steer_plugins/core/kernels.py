@@ -216,7 +216,9 @@ def faster_than_default(in_features: int, out_features: int, threads: int, rows:
 
 
 @functools.cache
-def best_packing(in_features: int, out_features: int, threads: int, onednn: bool, rows: int = 24) -> str | None:
+def best_packing(
+    in_features: int, out_features: int, threads: int, onednn: bool, rows: int = 24
+) -> str | None:
     """The packed-weight kernel (`PACKINGS`) that is fastest on a `(rows, in) → out` fp32 projection
     (a decode step's row count) with this many torch threads, if it beats by at least 15 % what runs
     unpacked (`nn.functional.linear`, or oneDNN when `onednn`) with results within fp32 rounding of

@@ -419,7 +419,8 @@ def test_packed_decode_weights_match_the_reference_and_follow_weight_changes(kin
 
 
 @pytest.mark.skipif(
-    not any(map(kernels.packing_available, kernels.PACKINGS)), reason="this PyTorch build has no packed linear ops"
+    not any(map(kernels.packing_available, kernels.PACKINGS)),
+    reason="this PyTorch build has no packed linear ops",
 )
 def test_no_packed_weights_while_the_cache_budget_holds_prompts_back(tiny_tok, monkeypatch):
     """Packs cost the weights' size again: a batch whose cache budget holds prompts back makes
