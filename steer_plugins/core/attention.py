@@ -1,5 +1,5 @@
-"""Routing inside one RowBatch forward: attention registered with transformers' attention interface
-as "steer_rows", and expert/base rows of a LoRA expert told apart by per-row LoRA scaling.
+"""Attention inside one RowBatch forward, registered with transformers' attention interface as
+"steer_rows" (LoRA routing inside the same forward is in `lora.py`).
 
 A RowBatch forward runs inside `row_attention(model, cache)`, which hands its `RowKVCache` to the
 attention function through a thread-local (models and wrappers need not pass extra keywords on; the
@@ -15,10 +15,6 @@ duration of one forward (under a lock). A forward of the same model on another t
 still gets its own implementation: there the function and the mask function delegate to the
 implementation the model had. A model that does not hand the cache to its layers is detected at the
 first layer (`RowAttentionUnsupported`) and RowBatch falls back to transformers' attention.
-
-`row_scaled_lora` replaces PEFT's mixed-adapter routing (`adapter_names`: a sub-batch gather and
-scatter in every LoRA layer, and forward hooks registered on every call) for the common two-name
-case: every row runs the adapter, scaled by 1 for expert rows and 0 for `"__base__"` rows.
 """
 
 from __future__ import annotations
@@ -27,7 +23,6 @@ import contextlib
 import inspect
 import sys
 import threading
-import weakref
 
 import torch
 from torch.nn.functional import scaled_dot_product_attention as sdpa
@@ -38,9 +33,7 @@ __all__ = [
     "NAME",
     "RowAttentionUnsupported",
     "attend",
-    "lora_layers",
     "row_attention",
-    "row_scaled_lora",
     "supports_row_attention",
 ]
 
@@ -221,44 +214,3 @@ def row_attention(model: torch.nn.Module, kv: RowKVCache):
         finally:
             cfg._attn_implementation = previous
             _local.kv = outer
-
-
-_LORA_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def lora_layers(model: torch.nn.Module, adapter: str) -> list | None:
-    """The PEFT LoRA `Linear` layers of `model` holding `adapter` as plain LoRA, or None when some LoRA
-    layer is of another kind (DoRA, embeddings, merged...): then mixed batches use PEFT's
-    `adapter_names` routing."""
-    per_model = _LORA_LAYERS.setdefault(model, {})
-    if adapter not in per_model:
-        try:
-            from peft.tuners.lora import Linear as LoraLinear
-            from peft.tuners.lora import LoraLayer
-        except ImportError:
-            return None
-        layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-        plain = all(
-            type(m) is LoraLinear and adapter in m.lora_A and adapter not in m.lora_variant and not m.merged
-            for m in layers
-        )
-        per_model[adapter] = layers if layers and plain else None
-    return per_model[adapter]
-
-
-@contextlib.contextmanager
-def row_scaled_lora(layers: list, adapter: str, on: torch.Tensor):
-    """Run every row through the adapter with its LoRA scaling multiplied per row by `on` (1 = expert
-    row, 0 = `"__base__"` row: base + 0 * delta is the base exactly). One broadcast multiply per layer
-    instead of PEFT's per-layer sub-batch gather and scatter."""
-    saved = [m.scaling[adapter] for m in layers]
-    scales: dict[float, torch.Tensor] = {}
-    for m, s in zip(layers, saved, strict=True):
-        if s not in scales:
-            scales[s] = (on * s).view(-1, 1, 1)
-        m.scaling[adapter] = scales[s]
-    try:
-        yield
-    finally:
-        for m, s in zip(layers, saved, strict=True):
-            m.scaling[adapter] = s

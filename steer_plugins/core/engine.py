@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import torch
 
-from . import kernels
+from . import kernels, lora
 from .config import SteerConfig
 from .decode import Decoder
 from .jobs import TokenContext
@@ -134,6 +134,8 @@ class SteerEngine:
         self.models.guidance_kv_dtype = guidance_kv_dtype
         self.models.negative_prefill_dtype = negative_prefill_dtype
         self.models.fast_linear, self.models.packed_linear = _fast_linear(self.models, fast_linear)
+        for model in self.models.distinct():  # PEFT LoRA layers: the lean forward in engine forwards
+            lora.install(model)
         self.tokenizer = self.models.tokenizer
         self._name = name
         self.pool = pool if isinstance(pool, NegativePool) else NegativePool(pool or ())

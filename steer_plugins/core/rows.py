@@ -22,14 +22,8 @@ from collections.abc import Sequence
 
 import torch
 
-from . import kernels
-from .attention import (
-    RowAttentionUnsupported,
-    lora_layers,
-    row_attention,
-    row_scaled_lora,
-    supports_row_attention,
-)
+from . import kernels, lora
+from .attention import RowAttentionUnsupported, row_attention, supports_row_attention
 from .kv_cache import RowKVCache, Segment, pad_left, select_dynamic
 
 __all__ = ["RowBatch", "UnmergeableCache", "forward_keywords"]
@@ -243,12 +237,13 @@ class RowBatch:
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode())
             stack.enter_context(kernels.enabled(self.fast_linear, self.packed_linear if decode else None))
+            stack.enter_context(lora.enabled())
             if base_only:
                 stack.enter_context(self.model.disable_adapter())
             if steer_kv is not None:
                 stack.enter_context(row_attention(self.model, steer_kv))
             if scaled is not None:
-                stack.enter_context(row_scaled_lora(*scaled))
+                stack.enter_context(lora.row_scaled_lora(*scaled))
             if dtype is not None and dtype != self.dtype:
                 stack.enter_context(torch.autocast(self.device.type, dtype=dtype))
             out = self.model(**kwargs)
@@ -266,7 +261,7 @@ class RowBatch:
         adapter = getattr(self.model, "active_adapter", None)
         if len(kinds) != 2 or kinds != {adapter, "__base__"} or not ROW_SCALED_LORA:
             return None
-        layers = lora_layers(self.model, adapter)
+        layers = lora.lora_layers(self.model, adapter)
         if layers is None:
             return None
         on = torch.tensor([n != "__base__" for n in names], dtype=self.dtype, device=self.device)
