@@ -8,7 +8,8 @@ function attends over that segment's own columns only, so a 40-token prompt row 
 a 550-token negative row's padding, and grouped-query attention never copies KV heads: a one-token
 query (a decode step) is packed as `(rows, kv heads, group, dim)` against the unrepeated keys in two
 batched products (on the 2-core AMD EPYC, 0.25 vs 0.30 ms for 8 rows x 560 keys through SDPA's CPU
-kernel, 0.07 vs 0.12 ms for 16 rows x 50), longer queries use SDPA with `enable_gqa`. Masks are built once per forward (`RowKVCache.begin`), not per layer.
+kernel, 0.07 vs 0.12 ms for 16 rows x 50: `benchmarks/bench_kernels.py`), longer queries use SDPA
+with `enable_gqa`. Masks are built once per forward (`RowKVCache.begin`), not per layer.
 
 `row_attention(model)` switches the model's attention implementation to "steer_rows" for the
 duration of one forward (under a lock). A forward of the same model on another thread meanwhile
