@@ -6,10 +6,10 @@ attention function through a thread-local (models and wrappers need not pass ext
 cache itself travels as the model's usual cache argument). For each segment of rows (see `kv_cache.py`) the
 function attends over that segment's own columns only, so a 40-token prompt row never attends over
 a 550-token negative row's padding, and grouped-query attention never copies KV heads: a one-token
-query (a decode step) is packed as `(rows, kv heads, group, dim)` against the unrepeated keys in two
-batched products (on the 2-core AMD EPYC, 0.25 vs 0.30 ms for 8 rows x 560 keys through SDPA's CPU
-kernel, 0.07 vs 0.12 ms for 16 rows x 50: `benchmarks/bench_kernels.py`), longer queries use SDPA
-with `enable_gqa`. Masks are built once per forward (`RowKVCache.begin`), not per layer.
+query (a decode step) is packed as `(rows, kv heads, group, dim)` against the unrepeated keys: in
+fp32 in two batched products (on the 2-core AMD EPYC 0.25 vs 0.30 ms for 8 rows x 560 keys through
+SDPA's CPU kernel, 0.07 vs 0.12 ms for 16 rows x 50: `benchmarks/bench_kernels.py`), in a reduced
+dtype through SDPA, which keeps its softmax in fp32. Longer queries use SDPA with `enable_gqa`. Masks are built once per forward (`RowKVCache.begin`), not per layer.
 
 `row_attention(model)` switches the model's attention implementation to "steer_rows" for the
 duration of one forward (under a lock). A forward of the same model on another thread meanwhile
@@ -160,6 +160,8 @@ def _segment(seg: Segment, layer: int, query: torch.Tensor, scaling: float | Non
     kv_heads = keys.shape[1]
     if q == 1:  # a decode step: the query group packed against the unrepeated keys (no KV copies)
         grouped = query.reshape(n, kv_heads, heads // kv_heads, dim)
+        if keys.dtype != torch.float32:  # bf16/fp16: SDPA keeps its softmax in fp32
+            return sdpa(grouped, keys, values, attn_mask=seg.mask, scale=scaling).reshape(n, heads, 1, dim)
         scores = torch.matmul(grouped, keys.transpose(-1, -2)).mul_(dim**-0.5 if scaling is None else scaling)
         if seg.mask is not None:
             scores.masked_fill_(~seg.mask, float("-inf"))
