@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import kernels
+from . import kernels, lora
 from .combine import cached_continuation_tokens, combine, guard_non_finite
 from .config import BranchWeights
 from .constraints import Constraint, apply_constraints, parsed_output
@@ -136,6 +136,8 @@ def _build_groups(
             kw.update(prefill_dtype=low)
         return _Group(RowBatch(model, **common, **kw), rows)
 
+    if models.shared_weights and base_rows:
+        lora.require_unmerged(models.expert)
     if models.shared_weights and base_rows and peft_mode == "mixed":
         active = models.expert.active_adapter
         names = [active] * len(expert_rows) + ["__base__"] * len(base_rows)
@@ -282,6 +284,9 @@ class Decoder:
         back (or held these): the batch then keeps no packed weights until it has emptied."""
         first = self._next_id
         ids = list(range(first, first + len(jobs)))
+        for model in self.models.distinct():  # a PEFT merge edits weights where packs cannot see it
+            if lora.merges_changed(model):
+                kernels.drop_packs(model)
         groups = _build_groups(self.models, jobs, self.pad_id, self.peft_mode, self.min_forward_rows, first)
         if not self._states:
             self._packs = self.models.packed_linear

@@ -26,8 +26,9 @@ A oneDNN pack (`torch.ops.mkldnn._reorder_linear_weight`) serves every row count
 (`torch.ops.mkl._mkl_reorder_linear_weight`, the packing torch.compile's CPU freezing uses) serves one:
 from `PACK_STEP` rows on, rows are padded with zeros up to a multiple of it, so a batch that loses a
 few rows keeps its pack, and below `MKL_PACK_MIN_ROWS` MKL's GEMV path is as fast. Each layer keeps
-one pack (about its weight's size again), remade when the row bucket or the weight changes (a PEFT
-merge, a new adapter); `drop_packs(model)` frees them. The decoder packs only in forwards of up to
+one pack (about its weight's size again), remade when the row bucket or the weight changes (keyed
+by the weight's storage and version; PEFT's merges write `weight.data` in place, which bumps neither,
+so the decoder drops the packs when `lora.merges_changed` says so); `drop_packs(model)` frees them. The decoder packs only in forwards of up to
 `PACK_MAX_ROWS` rows and while memory is not what limits the run (see `Decoder.insert`).
 
 `install(model)` makes every large `nn.Linear` a `FastLinear` (same weights), which uses these kernels

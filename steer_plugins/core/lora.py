@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["enabled", "install", "lora_layers", "row_scaled_lora"]
+__all__ = ["enabled", "install", "lora_layers", "merges_changed", "require_unmerged", "row_scaled_lora"]
 
 
 class _Switch(threading.local):
@@ -125,6 +125,45 @@ def install(model: torch.nn.Module) -> int:
 
 
 _LORA_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ALL_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its PEFT LoRA layers
+_SEEN_MERGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> last `_merges(model)`
+
+
+def _merges(model: torch.nn.Module) -> tuple[tuple[str, ...], ...]:
+    """The adapters merged into each PEFT LoRA layer of `model` (all empty when none is)."""
+    if model not in _ALL_LAYERS:
+        if any(hasattr(m, "merged_adapters") and hasattr(m, "lora_A") for m in model.modules()):
+            from peft.tuners.lora import LoraLayer
+
+            _ALL_LAYERS[model] = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        else:
+            _ALL_LAYERS[model] = []
+    return tuple(tuple(m.merged_adapters) for m in _ALL_LAYERS[model])
+
+
+def merges_changed(model: torch.nn.Module) -> bool:
+    """Whether an adapter was merged into `model`'s weights or unmerged since the last call (the
+    first call records the state). PEFT merges edit `weight.data` in place, which neither packed
+    weights (keyed by storage and version) nor the cached routing of `lora_layers` can see: the
+    caller drops its packs when this says so; the routing cache is dropped here."""
+    state = _merges(model)
+    changed = _SEEN_MERGES.get(model, state) != state
+    _SEEN_MERGES[model] = state
+    if changed:
+        _LORA_LAYERS.pop(model, None)
+    return changed
+
+
+def require_unmerged(model: torch.nn.Module) -> None:
+    """Raise when an adapter is merged into `model`'s weights: base rows of a shared-weights expert
+    are that model with its adapter switched off per row, which a merged adapter cannot be."""
+    merged = sorted({name for names in _merges(model) for name in names})
+    if merged:
+        raise ValueError(
+            f"the expert's LoRA adapter {merged} is merged into its weights (PEFT `merge_adapter()`), "
+            "and STEER runs the base rows as the same model with the adapter switched off per row: "
+            "call `expert.unmerge_adapter()` first, or pass the base model separately as `base=`"
+        )
 
 
 def lora_layers(model: torch.nn.Module, adapter: str) -> list | None:

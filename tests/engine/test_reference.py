@@ -405,7 +405,7 @@ def test_packed_decode_weights_match_the_reference_and_follow_weight_changes(kin
         )
         packs.clear()
         with torch.no_grad():
-            layer.weight.mul_(2.0)  # e.g. a merge or a new adapter, in place
+            layer.weight.mul_(2.0)  # e.g. load_state_dict, in place (PEFT merges: the test below)
         torch.testing.assert_close(
             layer(x), torch.nn.functional.linear(x, layer.weight), atol=1e-5, rtol=1e-5
         )
@@ -417,6 +417,47 @@ def test_packed_decode_weights_match_the_reference_and_follow_weight_changes(kin
     assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight))  # not enabled: PyTorch's kernel
     engine.close()
     assert not any("_steer_pack" in m.__dict__ for m in expert.modules())
+
+
+def test_peft_merges_are_seen_packs_follow_them_and_a_merged_shared_expert_fails_clearly(tiny_tok):
+    """PEFT's `merge_adapter()` edits `weight.data` in place, invisible to a pack's key: with a
+    separate base the engine notices the merge between requests and repacks (scores still match the
+    reference, merged and unmerged again); with a shared-weights expert, whose base rows need the
+    adapter off per row, a merged adapter fails the request with an error that names the fix, and
+    unmerging recovers."""
+    negs = [NEGS[0][:1]] * len(PROMPTS)
+    expert = tiny_lora_expert(tiny_model("llama", tiny_tok, seed=1), seed=4)
+    assert kernels.install(expert, min_features=1) > 0  # the tiny layers pack too
+    engine = SteerEngine(
+        expert,
+        tiny_model("llama", tiny_tok, seed=2),
+        tokenizer=tiny_tok,
+        config=SteerConfig(max_new_tokens=6),
+        fast_linear=True,
+    )
+    for step in ("packed", "merged", "unmerged"):
+        if step == "merged":
+            expert.merge_adapter()
+        if step == "unmerged":
+            expert.unmerge_adapter()
+        batch = engine.generate(PROMPTS, negatives=negs, return_scores=True, seed=11)
+        assert any("_steer_pack" in m.__dict__ for m in expert.modules())
+        for i, r in enumerate(batch):
+            assert_close_finite(r.scores, naive_scores(engine, PROMPTS[i], negs[i], r, engine.config))
+    engine.close()
+    shared = SteerEngine(expert, tokenizer=tiny_tok, config=SteerConfig(max_new_tokens=6), fast_linear=True)
+    shared.generate(PROMPTS, negatives=negs, seed=11)
+    expert.merge_adapter()
+    with pytest.raises(ValueError, match="unmerge_adapter"):
+        shared.generate(PROMPTS, negatives=negs, seed=11)
+    assert shared.generate(
+        PROMPTS, negatives=negs, seed=11, gamma=0.0
+    )  # no base rows: a merged expert is fine
+    expert.unmerge_adapter()
+    batch = shared.generate(PROMPTS, negatives=negs, return_scores=True, seed=11)
+    for i, r in enumerate(batch):
+        assert_close_finite(r.scores, naive_scores(shared, PROMPTS[i], negs[i], r, shared.config))
+    shared.close()
 
 
 @pytest.mark.skipif(
