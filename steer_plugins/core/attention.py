@@ -163,8 +163,8 @@ def _segment(seg: Segment, layer: int, query: torch.Tensor, scaling: float | Non
         if keys.dtype != torch.float32:  # bf16/fp16: SDPA keeps its softmax in fp32
             return sdpa(grouped, keys, values, attn_mask=seg.mask, scale=scaling).reshape(n, heads, 1, dim)
         scores = torch.matmul(grouped, keys.transpose(-1, -2)).mul_(dim**-0.5 if scaling is None else scaling)
-        if seg.mask is not None:
-            scores.masked_fill_(~seg.mask, float("-inf"))
+        if seg.hidden is not None:
+            scores.masked_fill_(seg.hidden, float("-inf"))
         return torch.matmul(torch.softmax(scores, dim=-1), values).reshape(n, heads, 1, dim)
     return sdpa(
         query,

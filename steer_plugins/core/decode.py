@@ -136,12 +136,12 @@ def _build_groups(
             kw.update(prefill_dtype=low)
         return _Group(RowBatch(model, **common, **kw), rows)
 
-    if models.shared_weights and base_rows:
+    if base_rows and models.shared_weights:  # base rows: the expert with its adapter off per row
         lora.require_unmerged(models.expert)
-    if models.shared_weights and base_rows and peft_mode == "mixed":
-        active = models.expert.active_adapter
-        names = [active] * len(expert_rows) + ["__base__"] * len(base_rows)
-        return [batch(models.expert, expert_rows + base_rows, adapter_names=names)]
+        if peft_mode == "mixed":
+            active = models.expert.active_adapter
+            names = [active] * len(expert_rows) + ["__base__"] * len(base_rows)
+            return [batch(models.expert, expert_rows + base_rows, adapter_names=names)]
     groups = [batch(models.expert, expert_rows)]
     if base_rows:
         if models.shared_weights:

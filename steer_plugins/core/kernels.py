@@ -213,7 +213,10 @@ def faster_than_default(in_features: int, out_features: int, threads: int, rows:
     rounding of each other."""
     if not available():
         return False
-    return _pays(lambda x, w: _onednn(x, w, None), in_features, out_features, rows)
+    x, w = _probe(in_features, out_features, rows)
+    with torch.inference_mode():
+        fast = _exact_time(lambda: _onednn(x, w, None), x, w)
+        return fast is not None and fast * PAYS < _best_time(lambda: torch.nn.functional.linear(x, w))
 
 
 @functools.cache
@@ -224,29 +227,42 @@ def best_packing(
     (a decode step's row count) with this many torch threads, if it beats by at least 15 % what runs
     unpacked (`nn.functional.linear`, or oneDNN when `onednn`) with results within fp32 rounding of
     it; None when none does (a few ms of timing per kernel, cached)."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, in_features, generator=gen)
-    w = torch.randn(out_features, in_features, generator=gen) / in_features**0.5
+    x, w = _probe(in_features, out_features, rows)
     with torch.inference_mode():
-        reference = torch.nn.functional.linear(x, w)
         unpacked = _best_time(lambda: torch.nn.functional.linear(x, w))
         if onednn:
             unpacked = min(unpacked, _best_time(lambda: _onednn(x, w, None)))
-        best, best_time = None, unpacked / 1.15
-        for kind in PACKINGS:
-            if not packing_available(kind):
-                continue
+        best, best_time = None, unpacked / PAYS
+        for kind in filter(packing_available, PACKINGS):
             try:
                 pack = _pack(w, rows, kind)
-                out = _packed(x, pack, w, None, kind)
             except RuntimeError:  # a build whose op refuses these inputs
                 continue
-            if not torch.allclose(out, reference, rtol=1e-4, atol=1e-4):
-                continue
-            spent = _best_time(lambda: _packed(x, pack, w, None, kind))  # noqa: B023 (called at once)
-            if spent < best_time:
+            spent = _exact_time(lambda: _packed(x, pack, w, None, kind), x, w)  # noqa: B023 (called at once)
+            if spent is not None and spent < best_time:
                 best, best_time = kind, spent
     return best
+
+
+PAYS = 1.15  # a kernel is used where it is at least this much faster than the one it replaces
+
+
+def _probe(in_features: int, out_features: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random `(rows, in)` input and `(out, in)` weight of a projection's shape (seeded)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, in_features, generator=gen)
+    return x, torch.randn(out_features, in_features, generator=gen) / in_features**0.5
+
+
+def _exact_time(fn, x: torch.Tensor, w: torch.Tensor) -> float | None:
+    """`_best_time(fn)` when `fn()` runs and matches `x @ w.T` within fp32 rounding, else None."""
+    try:
+        out = fn()
+    except RuntimeError:  # a build whose op refuses these inputs
+        return None
+    if not torch.allclose(out, torch.nn.functional.linear(x, w), rtol=1e-4, atol=1e-4):
+        return None
+    return _best_time(fn)
 
 
 def _best_time(fn) -> float:
@@ -258,21 +274,3 @@ def _best_time(fn) -> float:
             fn()
         times.append(time.perf_counter() - start)
     return min(times)
-
-
-def _pays(kernel, in_features: int, out_features: int, rows: int) -> bool:
-    """Whether `kernel(x, w)` matches `nn.functional.linear` within fp32 rounding and is at least
-    15 % faster on a random `(rows, in) → out` projection."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, in_features, generator=gen)
-    w = torch.randn(out_features, in_features, generator=gen) / in_features**0.5
-    with torch.inference_mode():
-        try:
-            fast = kernel(x, w)
-        except RuntimeError:  # a build whose op refuses these inputs
-            return False
-        if not torch.allclose(fast, torch.nn.functional.linear(x, w), rtol=1e-4, atol=1e-4):
-            return False
-        default = _best_time(lambda: torch.nn.functional.linear(x, w))
-        fast_time = _best_time(lambda: kernel(x, w))
-    return fast_time * 1.15 < default

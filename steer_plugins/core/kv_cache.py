@@ -52,6 +52,7 @@ class Segment:
         self.dst = 0  # first physical row the forward writes (a prefill chunk starts further down)
         self.lo = 0
         self.mask: torch.Tensor | None = None
+        self.hidden: torch.Tensor | None = None  # `~mask` for a one-token query (a decode step)
         self.causal = False
 
     def __len__(self) -> int:
@@ -317,6 +318,7 @@ def _set_mask(seg: Segment, starts: torch.Tensor, q: int, device: torch.device) 
     hi = seg.end + q
     uniform = bool((starts == lo).all())
     seg.causal = q > 1 and uniform and seg.end == lo
+    seg.hidden = None
     if uniform and (q == 1 or seg.causal):
         seg.mask = None
         return
@@ -325,6 +327,7 @@ def _set_mask(seg: Segment, starts: torch.Tensor, q: int, device: torch.device) 
     valid = cols[None, :] >= starts[:, None]  # (n, W): not another row's padding
     if q == 1:
         seg.mask = valid[:, None, None, :]
+        seg.hidden = ~seg.mask  # once per forward, not per layer
         return
     qpos = torch.arange(seg.end, hi, device=device)
     causal = cols[None, :] <= qpos[:, None]  # (q, W)

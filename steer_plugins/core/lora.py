@@ -50,21 +50,17 @@ def enabled():
 
 
 @functools.cache
-def _lora_linear() -> type | None:
-    try:
-        from peft.tuners.lora import Linear
-    except ImportError:
-        return None
+def _lora_linear() -> type:
+    from peft.tuners.lora import Linear
+
     return Linear
 
 
 @functools.cache
-def _fast_class() -> type | None:
+def _fast_class() -> type:
     """`FastLoraLinear`, a subclass of PEFT's `lora.Linear` made on first use (peft is imported only
     when an engine meets a LoRA model)."""
     base = _lora_linear()
-    if base is None:
-        return None
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if not _local.on or args or kwargs or self.training or self.merged:
@@ -102,22 +98,29 @@ def _fast_class() -> type | None:
 
 
 def __getattr__(name: str) -> Any:  # `lora.FastLoraLinear` (also how pickle finds the class)
-    if name == "FastLoraLinear" and _fast_class() is not None:
+    if name == "FastLoraLinear":
         return _fast_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _peft_layers(model: torch.nn.Module) -> list:
+    """`model`'s PEFT LoRA layers (of any kind), in module order; peft is imported only when some
+    module looks like one."""
+    if not any(hasattr(m, "lora_A") for m in model.modules()):  # stops at the first LoRA layer
+        return []
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
 
 
 def install(model: torch.nn.Module) -> int:
     """Make `model`'s PEFT `lora.Linear` layers `FastLoraLinear` in place (idempotent; same weights,
     same state dict, still PEFT layers); returns how many are. Outside `enabled()` they run exactly
     as before. A model without LoRA layers is left alone (and peft is not imported for it)."""
-    if not any(type(m).__name__ == "Linear" and hasattr(m, "lora_A") for m in model.modules()):
-        return 0
+    layers = _peft_layers(model)
     base, fast = _lora_linear(), _fast_class()
-    if base is None or fast is None:
-        return 0
     count = 0
-    for module in model.modules():
+    for module in layers:
         if type(module) is base:
             module.__class__ = fast
         count += type(module) is fast
@@ -125,20 +128,12 @@ def install(model: torch.nn.Module) -> int:
 
 
 _LORA_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_ALL_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its PEFT LoRA layers
 _SEEN_MERGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> last `_merges(model)`
 
 
 def _merges(model: torch.nn.Module) -> tuple[tuple[str, ...], ...]:
     """The adapters merged into each PEFT LoRA layer of `model` (all empty when none is)."""
-    if model not in _ALL_LAYERS:
-        if any(hasattr(m, "merged_adapters") and hasattr(m, "lora_A") for m in model.modules()):
-            from peft.tuners.lora import LoraLayer
-
-            _ALL_LAYERS[model] = [m for m in model.modules() if isinstance(m, LoraLayer)]
-        else:
-            _ALL_LAYERS[model] = []
-    return tuple(tuple(m.merged_adapters) for m in _ALL_LAYERS[model])
+    return tuple(tuple(m.merged_adapters) for m in _peft_layers(model))
 
 
 def merges_changed(model: torch.nn.Module) -> bool:
@@ -172,12 +167,8 @@ def lora_layers(model: torch.nn.Module, adapter: str) -> list | None:
     `adapter_names` routing."""
     per_model = _LORA_LAYERS.setdefault(model, {})
     if adapter not in per_model:
-        try:
-            from peft.tuners.lora import LoraLayer
-        except ImportError:
-            return None
         plain_types = {_lora_linear(), _fast_class()}
-        layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        layers = _peft_layers(model)
         plain = all(
             type(m) in plain_types and adapter in m.lora_A and adapter not in m.lora_variant and not m.merged
             for m in layers
